@@ -1,0 +1,160 @@
+"""`make bench`: throughput and peak memory of ingest and build, as a table and JSON.
+
+Every figure is the median of several runs of a fresh subprocess (so peak RSS is that run's own).
+Ratios are against a baseline measured in the same run:
+- build vs engine only: the same engine rendering the same slices in memory, no reading, encoding
+  or writing; ``engine share`` = engine-only time / build time (the aim: >= 0.8, the writer is
+  never the bottleneck);
+- memory at 4x the slices vs 1x (the aim: ~1.0, memory independent of the number of slices).
+
+Usage: python bench/run.py [--repeats 3] [--cases 6] [--size 192] [--copies 4] [--out bench/results/build.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one subprocess."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def rows_of(folder: Path) -> int:
+    return json.loads((folder / "manifest.json").read_text())["counts"]["slices"]
+
+
+def subset_nnunet(src: Path, cases: int, dst: Path) -> Path:
+    """An nnU-Net folder of symlinks to the first ``cases`` cases of ``src``."""
+    (dst / "imagesTr").mkdir(parents=True)
+    (dst / "labelsTr").mkdir()
+    shutil.copy(src / "dataset.json", dst / "dataset.json")
+    for label in sorted((src / "labelsTr").glob("*.nii.gz"))[:cases]:
+        case = label.name[: -len(".nii.gz")]
+        (dst / "labelsTr" / label.name).symlink_to(label)
+        (dst / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(src / "imagesTr" / f"{case}_0000.nii.gz")
+    return dst
+
+
+ENGINE_ONLY = r"""
+import sys, time, json
+import numpy as np
+from styleswap import contract
+from styleswap.generator import dataset
+from styleswap.generator.engines import get_engine, CopyRequest
+from styleswap.generator.seeds import derive_seed
+folder, name, copies = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = list(dataset.iter_rows(folder, columns=["sample_id", "image", "mask"]))
+eng = get_engine(name); eng.load()
+reqs = [CopyRequest(r["sample_id"], c, derive_seed(0, r["sample_id"], c), contract.to_unit_float(r["image"]), r["mask"])
+        for r in rows for c in range(copies)]
+t0 = time.perf_counter()
+for i in range(0, len(reqs), eng.batch_size):
+    eng.render(reqs[i:i + eng.batch_size])
+print(json.dumps({"seconds": time.perf_counter() - t0, "rows": len(rows)}))
+"""
+
+
+def engine_only(folder: Path, engine: str, copies: int) -> float:
+    out = subprocess.run([sys.executable, "-c", ENGINE_ONLY, str(folder), engine, str(copies)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", type=int, default=6, help="CT cases to ingest (of 30)")
+    ap.add_argument("--size", type=int, default=192)
+    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "build.json")
+    args = ap.parse_args()
+    augment = str(BIN / "augment")
+    results: dict = {"settings": vars(args) | {"out": str(args.out), "cpus": os.cpu_count()}, "rows": []}
+    table = []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # 1. ingest throughput on real CT (or the phantom when ../shared/data is absent)
+        if (SHARED / "abdomen-ct" / "dataset.json").exists():
+            source = str(subset_nnunet(SHARED / "abdomen-ct", args.cases, tmp / "ct"))
+            label = f"ingest abdomen-ct ({args.cases} cases)"
+        else:
+            print("../shared/data is absent: benchmarking on the phantom instead", file=sys.stderr)
+            source, label = f"phantom:{args.cases * 4}", f"ingest phantom ({args.cases * 4} cases)"
+        walls, peaks = [], []
+        for i in range(args.repeats):
+            out = tmp / f"ing{i}"
+            w, p = run([augment, "ingest", source, "--out", str(out), "--size", str(args.size), "--no-preview"])
+            walls.append(w), peaks.append(p)
+        ingested = tmp / "ing0"
+        n = rows_of(ingested)
+        row = {"job": label, "slices": n, "median_s": statistics.median(walls),
+               "slices_per_s": n / statistics.median(walls), "peak_rss_mib": max(peaks)}
+        results["rows"].append(row)
+        table.append((label, n, row["median_s"], row["slices_per_s"], "", row["peak_rss_mib"]))
+
+        # 2. build throughput per engine, against the engine alone on the same slices
+        for engine in ("gin", "bezier"):
+            for workers in (1, 2):
+                walls, peaks = [], []
+                for i in range(args.repeats):
+                    out = tmp / f"{engine}{workers}-{i}"
+                    w, p = run([augment, "build", "--source", str(ingested), "--engine", engine, "--copies",
+                                str(args.copies), "--workers", str(workers), "--out", str(out), "--no-preview"])
+                    walls.append(w), peaks.append(p)
+                    shutil.rmtree(out)
+                wall = statistics.median(walls)
+                compute = statistics.median(engine_only(ingested, engine, args.copies) for _ in range(args.repeats))
+                row = {"job": f"build {engine} x{args.copies}, {workers} worker(s)", "slices": n, "median_s": wall,
+                       "slices_per_s": n / wall, "engine_only_s": compute, "engine_share": compute / wall,
+                       "peak_rss_mib": max(peaks)}
+                results["rows"].append(row)
+                table.append((row["job"], n, wall, row["slices_per_s"], f"{row['engine_share']:.2f}", row["peak_rss_mib"]))
+
+        # 3. peak memory does not grow with the number of slices (phantom, 1x vs 4x the cases)
+        mem = {}
+        for scale in (1, 4):
+            peaks = []
+            for i in range(args.repeats):
+                out = tmp / f"mem{scale}-{i}"
+                _, p = run([augment, "build", "--source", f"phantom:{4 * scale}", "--engine", "gin", "--copies",
+                            str(args.copies), "--size", str(args.size), "--out", str(out), "--no-preview"])
+                peaks.append(p)
+                shutil.rmtree(out)
+            mem[scale] = statistics.median(peaks)
+        results["memory"] = {"phantom_cases_1x": 4, "peak_rss_mib_1x": mem[1], "peak_rss_mib_4x": mem[4],
+                             "ratio_4x_over_1x": mem[4] / mem[1]}
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n| job | slices | median s | slices/s | engine share | peak RSS MiB |\n|---|---|---|---|---|---|")
+    for job, n, wall, rate, share, peak in table:
+        print(f"| {job} | {n} | {wall:.2f} | {rate:.1f} | {share} | {peak:.0f} |")
+    m = results["memory"]
+    print(f"\npeak RSS, build on 4 vs 16 phantom cases: {m['peak_rss_mib_1x']:.0f} MiB vs {m['peak_rss_mib_4x']:.0f} MiB "
+          f"(ratio {m['ratio_4x_over_1x']:.2f})\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

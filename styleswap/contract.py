@@ -1,0 +1,164 @@
+"""The dataset contract: the only thing the generator and the trainer share.
+
+A dataset folder holds::
+
+    manifest.json                          every setting, versions, per-shard rows and sha256
+    README.md                              dataset card
+    data/<split>-00000-of-000NN.parquet    (or .h5), one row per source slice
+
+Columns (one row per source slice):
+
+=============  =========================  ================================================
+sample_id      string                     ``<case_id>/<slice:04d>``, unique in the dataset
+case_id        string                     for per-volume (3D) metrics
+slice_index    int32                      axial index in the canonical (RAS+) volume
+modality       string                     source modality of ``image`` (CT, MRI, ...)
+image          PNG (datasets ``Image``)   original slice, 8- or 16-bit grayscale
+mask           PNG (datasets ``Image``)   uint8 label map, values = label ids
+augmented      list of PNG                K style-intervened copies (may be empty)
+prompts        list<string>               per copy: prompt or engine description
+seeds          list<int64>                per copy: the seed it was rendered with
+engine         string                     controlnet, gin, bezier, none, ...
+spacing        list<float32>              row spacing, column spacing, slice thickness (mm)
+=============  =========================  ================================================
+
+HDF5 shards carry the same fields as fixed-shape arrays: ``image`` (N, H, W), ``mask`` (N, H, W),
+``augmented`` (N, K, H, W), ``seeds`` (N, K), ``spacing`` (N, 3), ``slice_index`` (N,), and
+variable-length UTF-8 strings for the rest (``prompts`` is (N, K)).
+
+This module is deliberately free of the diffusion stack and of medical-file readers so that both
+halves (and users' own code) can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+CARD_NAME = "README.md"
+DATA_DIR = "data"
+FORMATS = ("parquet", "hdf5")
+SHARD_SUFFIX = {"parquet": ".parquet", "hdf5": ".h5"}
+
+#: The project's label set. Ids are what masks hold; names are what users and cards read.
+DEFAULT_LABELS: dict[str, int] = {
+    "background": 0,
+    "liver": 1,
+    "kidney_right": 2,
+    "kidney_left": 3,
+    "spleen": 4,
+}
+
+#: Fixed display colours per label id (RGB), used by previews and evaluation overlays.
+LABEL_COLORS: dict[int, tuple[int, int, int]] = {
+    1: (230, 80, 60),  # liver: red
+    2: (60, 140, 230),  # kidney_right: blue
+    3: (70, 200, 120),  # kidney_left: green
+    4: (240, 200, 50),  # spleen: yellow
+    5: (190, 90, 220),
+    6: (240, 140, 40),
+    7: (60, 210, 210),
+    8: (200, 200, 200),
+}
+
+COLUMNS = (
+    "sample_id",
+    "case_id",
+    "slice_index",
+    "modality",
+    "image",
+    "mask",
+    "augmented",
+    "prompts",
+    "seeds",
+    "engine",
+    "spacing",
+)
+
+_SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.(?P<ext>parquet|h5)$")
+
+
+def sample_id(case_id: str, slice_index: int) -> str:
+    return f"{case_id}/{slice_index:04d}"
+
+
+def shard_name(split: str, index: int, total: int, fmt: str) -> str:
+    """Hub-native shard file name, e.g. ``train-00000-of-00004.parquet``."""
+    return f"{split}-{index:05d}-of-{total:05d}{SHARD_SUFFIX[fmt]}"
+
+
+def parse_shard_name(name: str) -> dict[str, Any] | None:
+    m = _SHARD_RE.match(name)
+    if not m:
+        return None
+    return {"split": m["split"], "index": int(m["index"]), "total": int(m["total"]), "ext": m["ext"]}
+
+
+def hf_features(labels: dict[str, int] | None = None):
+    """The `datasets.Features` of a Parquet shard (imported lazily: datasets is heavy)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "sample_id": datasets.Value("string"),
+            "case_id": datasets.Value("string"),
+            "slice_index": datasets.Value("int32"),
+            "modality": datasets.Value("string"),
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "augmented": datasets.Sequence(datasets.Image()),
+            "prompts": datasets.Sequence(datasets.Value("string")),
+            "seeds": datasets.Sequence(datasets.Value("int64")),
+            "engine": datasets.Value("string"),
+            "spacing": datasets.Sequence(datasets.Value("float32")),
+        }
+    )
+
+
+# --- PNG codec -----------------------------------------------------------------------------------
+# Compression level 1: PNG stays lossless, and encoding is ~5x cheaper than the default level 6
+# for a few percent more bytes; encoding must never be the bottleneck of a build.
+PNG_COMPRESS_LEVEL = 1
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless grayscale PNG of a 2D uint8 or uint16 array."""
+    if array.ndim != 2:
+        raise ValueError(f"encode_png expects a 2D array, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        img = Image.fromarray(array, mode="L")
+    elif array.dtype == np.uint16:
+        img = Image.fromarray(array)  # I;16
+    else:
+        raise ValueError(f"encode_png expects uint8 or uint16, got {array.dtype}")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Inverse of `encode_png`: a 2D uint8 or uint16 array, values exactly as written."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode == "L":
+            return np.asarray(img, dtype=np.uint8).copy()
+        if img.mode in ("I;16", "I;16B", "I"):
+            return np.asarray(img).astype(np.uint16)
+        raise ValueError(f"unexpected PNG mode {img.mode!r}: the contract stores grayscale only")
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """Stored pixels (uint8 or uint16) to float32 in [0, 1]."""
+    scale = 255.0 if image.dtype == np.uint8 else 65535.0
+    return image.astype(np.float32) / scale
+
+
+def from_unit_float(image: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """Float image in [0, 1] to stored pixels, clipped and rounded."""
+    scale = 255.0 if np.dtype(dtype) == np.uint8 else 65535.0
+    return np.clip(np.rint(np.asarray(image, dtype=np.float32) * scale), 0, scale).astype(dtype)

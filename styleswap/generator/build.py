@@ -1,0 +1,295 @@
+"""`augment build` and `augment ingest`: source slices -> engine -> shards + manifest.json.
+
+The pipeline has three stages that overlap:
+
+    main thread:  read/preprocess source slices -> chunks ............ write rows in order
+    executor:                         render copies + PNG-encode a chunk
+                                      (a thread for --workers 1, N spawned processes otherwise)
+
+Results come back in submission order and a single writer writes them, so shard boundaries and
+bytes do not depend on ``--workers``; every copy's seed comes from (build seed, sample_id, copy
+index) only. At most ``2 * workers + 2`` chunks are in flight, so memory does not grow with the
+number of slices.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shlex
+import sys
+from collections import deque
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from styleswap import contract
+from styleswap.errors import StyleSwapError
+from styleswap.generator import card, dataset, shards
+from styleswap.generator.engines.base import CopyRequest, Engine, get_engine
+from styleswap.generator.seeds import derive_seed
+from styleswap.generator.sources.base import SourceSlice
+
+
+@dataclass
+class BuildConfig:
+    """Every setting of a build; a recipe YAML holds the same keys (see manifests/)."""
+
+    source: str | list[str] = "phantom"
+    out: str = "out/dataset"
+    engine: str = "gin"
+    engine_settings: dict[str, Any] = field(default_factory=dict)
+    copies: int = 4
+    seed: int = 0
+    format: str = "parquet"
+    rows_per_shard: int = 256
+    workers: int = 1
+    # preprocessing (used when the source is raw volumes or PNGs, not an ingested dataset)
+    labels: str | dict[str, int] | None = None
+    size: int = 192
+    keep_empty: float = 0.1
+    modality: str | None = None
+    # dataset card
+    license: str | None = None
+    description: str | None = None
+    preview: bool = True
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.copies < 0:
+            raise StyleSwapError(f"copies must be >= 0, got {self.copies}")
+        if self.workers < 1:
+            raise StyleSwapError(f"workers must be >= 1, got {self.workers}")
+        if self.format not in contract.FORMATS:
+            raise StyleSwapError(f"format must be one of {', '.join(contract.FORMATS)}, got {self.format!r}")
+        if self.rows_per_shard < 1:
+            raise StyleSwapError(f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
+        if not 0.0 <= float(self.keep_empty) <= 1.0:
+            raise StyleSwapError(f"keep_empty must be within [0, 1], got {self.keep_empty}")
+        if self.size < 8:
+            raise StyleSwapError(f"size must be at least 8 pixels, got {self.size}")
+        if self.engine == "none" and self.copies:
+            raise StyleSwapError("engine 'none' writes originals only: set copies to 0")
+
+
+# --- the source side ---------------------------------------------------------------------------
+
+
+def open_slices(cfg: BuildConfig) -> tuple[dict[str, Any], Iterator[SourceSlice]]:
+    """The source's description (for the manifest) and a stream of its slices."""
+    src = cfg.source
+    if isinstance(src, str) and Path(src).is_dir() and (Path(src) / contract.MANIFEST_NAME).exists():
+        m = dataset.read_manifest(Path(src))
+        info = {"layout": "styleswap-dataset", "path": str(src), "labels": m["labels"],
+                "upstream": m.get("source", {}), "image_size": m.get("image_size")}
+        return info, dataset.iter_source_slices(Path(src))
+    from styleswap.generator.sources.ingest import open_source
+
+    stream = open_source(
+        src, labels=cfg.labels, size=cfg.size, keep_empty=cfg.keep_empty, modality=cfg.modality, seed=cfg.seed
+    )
+    return stream.info, stream.slices()
+
+
+def chunked(items: Iterable[SourceSlice], n: int) -> Iterator[list[SourceSlice]]:
+    chunk: list[SourceSlice] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --- the render side (runs in a worker thread or process) --------------------------------------
+
+_ENGINE: Engine | None = None
+_JOB: dict[str, Any] = {}
+
+
+def _init_worker(engine_name: str, settings: dict[str, Any], job: dict[str, Any], threads: int | None) -> None:
+    global _ENGINE, _JOB
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _ENGINE = get_engine(engine_name, **settings)
+    _ENGINE.load()
+    _JOB = job
+
+
+def render_chunk(slices: list[SourceSlice]) -> list[shards.Row]:
+    """All copies of a chunk of slices, rendered in engine-sized batches, encoded if Parquet."""
+    engine, job = _ENGINE, _JOB
+    copies, seed = job["copies"], job["seed"]
+    requests = [
+        CopyRequest(
+            sample_id=s.sample_id, copy_index=c, seed=derive_seed(seed, s.sample_id, c),
+            image=contract.to_unit_float(s.image), mask=s.mask, modality=s.modality,
+        )
+        for s in slices
+        for c in range(copies)
+    ]
+    results = []
+    for i in range(0, len(requests), max(1, engine.batch_size)):
+        results.extend(engine.render(requests[i : i + engine.batch_size]))
+    if len(results) != len(requests):
+        raise RuntimeError(f"engine {engine.name} returned {len(results)} copies for {len(requests)} requests")
+    rows = []
+    for j, s in enumerate(slices):
+        mine = results[j * copies : (j + 1) * copies]
+        reqs = requests[j * copies : (j + 1) * copies]
+        row = shards.Row(
+            sample_id=s.sample_id, case_id=s.case_id, slice_index=int(s.slice_index), modality=s.modality,
+            image=s.image, mask=s.mask,
+            augmented=[contract.from_unit_float(c.image, s.image.dtype) for c in mine],
+            prompts=[c.prompt for c in mine], seeds=[r.seed for r in reqs],
+            engine=job["engine"], spacing=tuple(float(x) for x in s.spacing), split=s.split,
+        )
+        if job["format"] == "parquet":
+            row.encode()
+        rows.append(row)
+    return rows
+
+
+def ordered_map(fn: Callable, items: Iterable, executor: Executor, window: int) -> Iterator:
+    """``map`` that keeps at most ``window`` tasks in flight and yields results in input order."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(executor.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def make_executor(cfg: BuildConfig, engine_name: str, settings: dict[str, Any], job: dict[str, Any]) -> Executor:
+    if cfg.workers == 1:
+        # One render thread: torch and numpy release the GIL, so reading and writing in the main
+        # thread overlap with rendering.
+        ex = ThreadPoolExecutor(1, initializer=_init_worker, initargs=(engine_name, settings, job, None))
+        return ex
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    # spawn, not fork: the parent may already run OpenMP threads (torch), which fork would break.
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(
+        cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(engine_name, settings, job, threads)
+    )
+
+
+# --- the whole build ---------------------------------------------------------------------------
+
+
+def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Build a dataset folder from ``cfg``; returns the manifest written to ``cfg.out``."""
+    cfg.validate()
+    out = Path(cfg.out)
+    engine = get_engine(cfg.engine, **cfg.engine_settings)  # validates settings before any work
+    settings = dict(cfg.engine_settings)
+    job = {"copies": cfg.copies, "seed": cfg.seed, "format": cfg.format, "engine": cfg.engine}
+    info, slices = open_slices(cfg)
+    per_chunk = max(1, engine.batch_size // max(1, cfg.copies))
+
+    with dataset.output_folder(out, overwrite=cfg.overwrite) as staging:
+        writers: dict[str, shards.ShardWriter] = {}
+        stats = _Stats()
+        executor = make_executor(cfg, cfg.engine, settings, job)
+        try:
+            bar = tqdm(desc=f"{cfg.engine} x{cfg.copies}", unit="slice", disable=not progress, file=sys.stderr)
+            for rows in ordered_map(render_chunk, chunked(slices, per_chunk), executor, 2 * cfg.workers + 2):
+                for row in rows:
+                    w = writers.get(row.split)
+                    if w is None:
+                        w = writers[row.split] = shards.ShardWriter(staging, row.split, cfg.format, cfg.rows_per_shard)
+                    w.add(row)
+                    stats.add(row)
+                bar.update(len(rows))
+            bar.close()
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        if stats.rows == 0:
+            raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")
+        for w in writers.values():
+            w.close()
+        if cfg.overwrite:
+            dataset.clear_previous(out)
+        ordered = [writers[s] for s in sorted(writers, key=_split_order)]
+        entries = shards.finalize_shards(out, ordered)
+        manifest = {
+            "tool": dataset.TOOL,
+            "format_version": contract.FORMAT_VERSION,
+            "command": command or "",
+            "recipe": _jsonable(asdict(cfg)),
+            "source": info,
+            "labels": info.get("labels", contract.DEFAULT_LABELS),
+            "engine": {"name": cfg.engine, "settings": engine.describe()},
+            "copies": cfg.copies,
+            "seed": cfg.seed,
+            "format": cfg.format,
+            "rows_per_shard": cfg.rows_per_shard,
+            "image_size": list(stats.shape) if stats.shape else None,
+            "splits": {s: {"num_rows": sum(e["num_rows"] for e in entries if e["split"] == s),
+                           "num_shards": sum(1 for e in entries if e["split"] == s)} for s in writers},
+            "counts": stats.summary(info.get("labels", contract.DEFAULT_LABELS)),
+            "versions": dataset.package_versions(),
+            "shards": entries,
+        }
+        if cfg.preview:
+            from styleswap.generator.preview_dataset import write_preview
+
+            write_preview(out, manifest, out / "preview.png")
+        card.write_card(out, manifest, license=cfg.license, description=cfg.description)
+        dataset.write_json_atomic(out / contract.MANIFEST_NAME, manifest)  # the commit point
+    return manifest
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.rows = 0
+        self.cases: set[str] = set()
+        self.label_slices: dict[int, int] = {}
+        self.shape: tuple[int, int] | None = None
+
+    def add(self, row: shards.Row) -> None:
+        import numpy as np
+
+        self.rows += 1
+        self.cases.add(row.case_id)
+        self.shape = self.shape or tuple(row.image.shape)
+        for v in np.unique(row.mask):
+            if v:
+                self.label_slices[int(v)] = self.label_slices.get(int(v), 0) + 1
+
+    def summary(self, labels: dict[str, int]) -> dict[str, Any]:
+        names = {v: k for k, v in labels.items()}
+        return {
+            "slices": self.rows,
+            "cases": len(self.cases),
+            "slices_with_label": {names.get(k, str(k)): n for k, n in sorted(self.label_slices.items())},
+        }
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return ({"train": 0, "validation": 1, "test": 2}.get(split, 3), split)
+
+
+def _source_name(src: str | list[str]) -> str:
+    return src if isinstance(src, str) else " ".join(src)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -1,0 +1,192 @@
+"""The ``augment`` program: ingest medical data, build style-intervened datasets, look, verify.
+
+Commands are thin: they parse options and call the importable API (`build.run_build`,
+`dataset.verify`, ...). `main()` turns known errors into one line on stderr with exit code 2
+(exit code 1 for a dataset that fails verification).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+
+from styleswap.errors import StyleSwapError, VerificationError
+
+app = typer.Typer(
+    name="augment",
+    help="Turn medical volumes into datasets of style-intervened slices (the StyleSwap generator).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Options shared by ingest and build.
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (must be new, empty, or a dataset of this tool with --overwrite).")]
+LabelsOpt = Annotated[Optional[str], typer.Option(help="Remap source label ids to the project's labels, e.g. 'liver=5,spleen=1,kidney_right=2,kidney_left=3'. Unmapped ids become background.")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Slice size in pixels (square) after padding and resizing. [default: 192]")]
+KeepEmptyOpt = Annotated[Optional[float], typer.Option(help="Fraction of slices without foreground to keep (0..1). [default: 0.1]")]
+ModalityOpt = Annotated[Optional[str], typer.Option(help="Source modality (CT or MRI); decides intensity normalization. Default: from dataset.json.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Shard format: parquet or hdf5. [default: parquet]")]
+RowsOpt = Annotated[Optional[int], typer.Option(help="Rows (source slices) per shard. [default: 256]")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Build seed; every copy's seed derives from it, the sample id and the copy index. [default: 0]")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset of this tool in --out.")]
+PreviewOpt = Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")]
+
+
+def _flags(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+def ingest(
+    source: Annotated[list[str], typer.Argument(help="An nnU-Net raw or MSD dataset folder, a folder with images/ and masks/ PNGs, IMAGE.nii.gz:LABEL.nii.gz pairs, or 'phantom[:N]'.")],
+    out: OutOpt,
+    labels: LabelsOpt = None,
+    size: SizeOpt = None,
+    keep_empty: KeepEmptyOpt = None,
+    modality: ModalityOpt = None,
+    fmt: FormatOpt = None,
+    rows_per_shard: RowsOpt = None,
+    seed: SeedOpt = None,
+    overwrite: OverwriteOpt = False,
+    preview: PreviewOpt = True,
+) -> None:
+    """Preprocess medical volumes into a dataset folder of original slices (no copies).
+
+    Volumes are reoriented to RAS+ and shown the radiological way (anterior up, the patient's
+    right on the image's left), normalized per modality, padded to square and resized.
+    """
+    from styleswap.generator.build import command_line, run_build
+    from styleswap.generator.recipe import make_config
+
+    src: Any = source[0] if len(source) == 1 else source
+    cfg = make_config(
+        {"source": src, "engine": "none", "copies": 0},
+        _flags(out=str(out), labels=labels, size=size, keep_empty=keep_empty, modality=modality, format=fmt,
+               rows_per_shard=rows_per_shard, seed=seed, overwrite=overwrite, preview=preview),
+    )
+    manifest = run_build(cfg, command=command_line())
+    _summary(out, manifest)
+
+
+@app.command()
+def build(
+    recipe: Annotated[Optional[Path], typer.Argument(help="A YAML recipe (see manifests/). Flags override its values.")] = None,
+    source: Annotated[Optional[str], typer.Option(help="'phantom[:N]', a raw source (as for ingest) or a dataset folder made by 'augment ingest'.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Dataset folder to write.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Style intervention: gin, bezier, controlnet or none. [default: gin]")] = None,
+    copies: Annotated[Optional[int], typer.Option("--copies", "-k", help="Style-intervened copies per source slice. [default: 4]")] = None,
+    engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", "-e", help="Engine setting KEY=VALUE (YAML value), repeatable.")] = None,
+    fmt: FormatOpt = None,
+    rows_per_shard: RowsOpt = None,
+    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine; the output bytes do not depend on it. [default: 1]")] = None,
+    seed: SeedOpt = None,
+    labels: LabelsOpt = None,
+    size: SizeOpt = None,
+    keep_empty: KeepEmptyOpt = None,
+    modality: ModalityOpt = None,
+    license: Annotated[Optional[str], typer.Option(help="License of the data, recorded in the dataset card.")] = None,
+    overwrite: OverwriteOpt = False,
+    preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
+) -> None:
+    """Render K style-intervened copies of every source slice into shards + manifest.json."""
+    from styleswap.generator.build import command_line, run_build
+    from styleswap.generator.recipe import load_recipe, make_config
+
+    base = load_recipe(recipe) if recipe else {}
+    settings = dict(base.get("engine_settings") or {})
+    for item in engine_opt or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(value)
+    base["engine_settings"] = settings
+    cfg = make_config(
+        base,
+        _flags(source=source, out=str(out) if out else None, engine=engine, copies=copies, format=fmt,
+               rows_per_shard=rows_per_shard, workers=workers, seed=seed, labels=labels, size=size,
+               keep_empty=keep_empty, modality=modality, license=license, preview=preview,
+               overwrite=overwrite or None),
+    )
+    if not recipe and out is None:
+        raise StyleSwapError("give a recipe (augment build manifests/demo.yaml) or --out")
+    manifest = run_build(cfg, command=command_line())
+    _summary(Path(cfg.out), manifest)
+
+
+@app.command()
+def preview(
+    folder: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("preview.png"),
+    rows: Annotated[int, typer.Option(help="Slices to show (one row each).")] = 6,
+    seed: Annotated[int, typer.Option(help="Which slices to sample.")] = 0,
+) -> None:
+    """Draw a grid: per sampled slice, the original, its mask in fixed organ colours, its copies."""
+    from styleswap.generator.dataset import read_manifest
+    from styleswap.generator.preview_dataset import write_preview
+
+    manifest = read_manifest(folder)
+    path = write_preview(folder, manifest, out, rows=rows, seed=seed)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def verify(folder: Annotated[Path, typer.Argument(help="A dataset folder.")]) -> None:
+    """Re-read every shard and check row counts and sha256 against manifest.json (exit 1 if not)."""
+    from styleswap.generator.dataset import verify as verify_folder
+
+    summary = verify_folder(folder)
+    typer.echo(f"ok: {summary['shards']} shards, {summary['rows']} rows match {folder}/manifest.json")
+
+
+def _summary(out: Path, manifest: dict[str, Any]) -> None:
+    c = manifest["counts"]
+    typer.echo(
+        f"wrote {out}: {c['slices']} slices from {c['cases']} cases, {manifest['copies']} copies each "
+        f"({manifest['engine']['name']}), {len(manifest['shards'])} {manifest['format']} shard(s)"
+    )
+
+
+def _register_plugins() -> None:
+    """Commands of optional halves of the generator (the diffusion stack) join the same app."""
+    import importlib.util
+
+    if importlib.util.find_spec("styleswap.generator.diffusion.cli") is None:
+        return
+    from styleswap.generator.diffusion.cli import register
+
+    register(app)
+
+
+_register_plugins()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except VerificationError as e:
+        typer.echo(f"verify failed: {e}", err=True)
+        sys.exit(1)
+    except StyleSwapError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""`augment preview`: pick a few slices of a dataset folder and draw them as a grid."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from styleswap.generator import dataset, shards
+
+#: Previews sample from the first shards only, so a preview of a huge dataset stays instant.
+PREVIEW_SHARDS = 2
+
+
+def sample_rows(folder: Path, manifest: dict[str, Any], rows: int, seed: int) -> list[dict[str, Any]]:
+    """A reservoir sample of ``rows`` rows, preferring slices with foreground, in dataset order."""
+    rng = random.Random(seed)
+    pool: list[tuple[int, dict[str, Any]]] = []
+    empty: list[tuple[int, dict[str, Any]]] = []
+    seen = 0
+    for entry in manifest["shards"][:PREVIEW_SHARDS]:
+        for rec in shards.iter_shard_rows(dataset.shard_path(folder, entry)):
+            target = pool if rec["mask"].any() else empty
+            if len(target) < rows:
+                target.append((seen, rec))
+            else:
+                j = rng.randrange(seen + 1)
+                if j < rows:
+                    target[j] = (seen, rec)
+            seen += 1
+    picked = sorted(pool + empty[: max(0, rows - len(pool))], key=lambda t: t[0])
+    return [rec for _, rec in picked[:rows]]
+
+
+def write_preview(folder: Path, manifest: dict[str, Any], out_png: Path, rows: int = 6, seed: int = 0) -> Path:
+    from styleswap.generator.preview import make_preview_grid
+
+    picked = sample_rows(Path(folder), manifest, rows, seed)
+    engine = manifest.get("engine", {}).get("name", "?")
+    title = f"{Path(folder).name}: engine {engine}, {manifest.get('copies', 0)} copies per slice"
+    return make_preview_grid(picked, manifest["labels"], out_png, title=title)

@@ -1,0 +1,292 @@
+"""Shard writers (Parquet, HDF5) and readers for the dataset contract.
+
+Writers stream rows into a *staging* folder under temporary names and never hold more than one
+row group in memory. A shard is complete when its writer is closed; only then is it renamed
+(``.tmp`` -> final staging name). `finalize_shards` moves complete shards to their Hub-native names
+``data/<split>-00000-of-000NN.<ext>`` once the total is known (the HF datasets builder pattern).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from styleswap import contract
+from styleswap.errors import StyleSwapError
+
+#: Rows per Parquet row group: small enough that a streaming reader holds little, large enough
+#: that per-group overhead is negligible (a 192x192 row with 4 copies is ~100 KB of PNG).
+ROW_GROUP_SIZE = 32
+
+
+@dataclass
+class Row:
+    """One contract row. Images are arrays here; writers encode them as their format needs."""
+
+    sample_id: str
+    case_id: str
+    slice_index: int
+    modality: str
+    image: np.ndarray
+    mask: np.ndarray
+    augmented: list[np.ndarray]
+    prompts: list[str]
+    seeds: list[int]
+    engine: str
+    spacing: tuple[float, float, float]
+    split: str = "train"
+    # PNG bytes, filled by the renderer (in worker processes) when the format is Parquet, so that
+    # encoding is parallel and the single writer only writes bytes.
+    encoded: dict[str, Any] | None = field(default=None, repr=False)
+
+    def encode(self) -> None:
+        self.encoded = {
+            "image": contract.encode_png(self.image),
+            "mask": contract.encode_png(self.mask),
+            "augmented": [contract.encode_png(a) for a in self.augmented],
+        }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _ParquetShard:
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        self.schema = contract.hf_features().arrow_schema
+        self.writer = pq.ParquetWriter(path, self.schema, compression="none")
+        self.pending: list[Row] = []
+
+    def add(self, row: Row) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= ROW_GROUP_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if not self.pending:
+            return
+        rows = self.pending
+        for r in rows:
+            if r.encoded is None:
+                r.encode()
+        table = pa.Table.from_pydict(
+            {
+                "sample_id": [r.sample_id for r in rows],
+                "case_id": [r.case_id for r in rows],
+                "slice_index": [int(r.slice_index) for r in rows],
+                "modality": [r.modality for r in rows],
+                "image": [{"bytes": r.encoded["image"], "path": None} for r in rows],
+                "mask": [{"bytes": r.encoded["mask"], "path": None} for r in rows],
+                "augmented": [[{"bytes": b, "path": None} for b in r.encoded["augmented"]] for r in rows],
+                "prompts": [list(r.prompts) for r in rows],
+                "seeds": [[int(s) for s in r.seeds] for r in rows],
+                "engine": [r.engine for r in rows],
+                "spacing": [[float(s) for s in r.spacing] for r in rows],
+            },
+            schema=self.schema,
+        )
+        self.writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+        self.pending = []
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+
+class _HDF5Shard:
+    """Fixed-shape arrays, grown per row; ``track_times=False`` keeps the bytes reproducible."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.path = path
+        self.file = h5py.File(path, "w", libver="latest", track_order=False)
+        self.n = 0
+        self.ds: dict[str, Any] = {}
+
+    def _create(self, row: Row) -> None:
+        import h5py
+
+        h, w = row.image.shape
+        k = len(row.augmented)
+        s = h5py.string_dtype("utf-8")
+        spec = {
+            "image": ((h, w), row.image.dtype),
+            "mask": ((h, w), np.uint8),
+            "augmented": ((k, h, w), row.augmented[0].dtype if k else row.image.dtype),
+            "seeds": ((k,), np.int64),
+            "prompts": ((k,), s),
+            "spacing": ((3,), np.float32),
+            "slice_index": ((), np.int32),
+            "sample_id": ((), s),
+            "case_id": ((), s),
+            "modality": ((), s),
+            "engine": ((), s),
+        }
+        for name, (shape, dtype) in spec.items():
+            chunks = (min(ROW_GROUP_SIZE, 8) if len(shape) >= 2 else ROW_GROUP_SIZE, *shape)
+            self.ds[name] = self.file.create_dataset(
+                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                chunks=chunks if all(chunks) else None, track_times=False,
+            )
+        self.file.attrs["format_version"] = contract.FORMAT_VERSION
+
+    def add(self, row: Row) -> None:
+        if not self.ds:
+            self._create(row)
+        i = self.n
+        expected = self.ds["image"].shape[1:]
+        if row.image.shape != expected or len(row.augmented) != self.ds["augmented"].shape[1]:
+            raise StyleSwapError(
+                f"{self.path.name}: HDF5 needs fixed shapes; row {row.sample_id} has image {row.image.shape} "
+                f"and {len(row.augmented)} copies, the shard has {expected} and {self.ds['augmented'].shape[1]}"
+            )
+        for d in self.ds.values():
+            d.resize(i + 1, axis=0)
+        values = {
+            "image": row.image, "mask": row.mask, "seeds": np.asarray(row.seeds, np.int64),
+            "prompts": list(row.prompts), "spacing": np.asarray(row.spacing, np.float32),
+            "slice_index": int(row.slice_index), "sample_id": row.sample_id, "case_id": row.case_id,
+            "modality": row.modality, "engine": row.engine,
+        }
+        if row.augmented:
+            values["augmented"] = np.stack(row.augmented)
+        for name, v in values.items():
+            self.ds[name][i] = v
+        self.n += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ShardWriter:
+    """Splits a stream of rows of one split into shards of ``rows_per_shard`` rows in ``staging``."""
+
+    def __init__(self, staging: Path, split: str, fmt: str, rows_per_shard: int) -> None:
+        if fmt not in contract.FORMATS:
+            raise StyleSwapError(f"--format must be one of {', '.join(contract.FORMATS)}, got {fmt!r}")
+        if rows_per_shard < 1:
+            raise StyleSwapError(f"--rows-per-shard must be at least 1, got {rows_per_shard}")
+        self.staging, self.split, self.fmt, self.rows_per_shard = staging, split, fmt, rows_per_shard
+        self.done: list[tuple[Path, int]] = []  # complete shards in staging and their row counts
+        self._shard = None
+        self._rows = 0
+
+    def _open(self) -> None:
+        index = len(self.done)
+        tmp = self.staging / f"{self.split}-{index:05d}{contract.SHARD_SUFFIX[self.fmt]}.tmp"
+        self._shard = _ParquetShard(tmp) if self.fmt == "parquet" else _HDF5Shard(tmp)
+        self._rows = 0
+
+    def add(self, row: Row) -> None:
+        if self._shard is None:
+            self._open()
+        self._shard.add(row)
+        self._rows += 1
+        if self._rows >= self.rows_per_shard:
+            self._close_current()
+
+    def _close_current(self) -> None:
+        if self._shard is None:
+            return
+        self._shard.close()
+        final = self._shard.path.with_suffix("")  # drop .tmp: the shard is complete
+        os.replace(self._shard.path, final)
+        self.done.append((final, self._rows))
+        self._shard = None
+
+    def close(self) -> list[tuple[Path, int]]:
+        self._close_current()
+        return self.done
+
+
+def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[dict[str, Any]]:
+    """Move complete staged shards to ``out/data/<split>-i-of-N.<ext>``; return manifest entries."""
+    data = out / contract.DATA_DIR
+    data.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for w in writers:
+        total = len(w.done)
+        for i, (path, rows) in enumerate(w.done):
+            name = contract.shard_name(w.split, i, total, w.fmt)
+            target = data / name
+            os.replace(path, target)
+            entries.append(
+                {
+                    "path": f"{contract.DATA_DIR}/{name}",
+                    "split": w.split,
+                    "num_rows": rows,
+                    "bytes": target.stat().st_size,
+                    "sha256": sha256_file(target),
+                }
+            )
+    return entries
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def count_rows(path: Path) -> int:
+    """Row count as stored in the shard itself (Parquet footer or HDF5 dataset length)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f["sample_id"].shape[0]) if "sample_id" in f else 0
+
+
+def iter_shard_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of one shard with images decoded to arrays, one row group at a time."""
+    cols = list(columns) if columns else list(contract.COLUMNS)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=ROW_GROUP_SIZE, columns=cols):
+            for rec in batch.to_pylist():
+                for key in ("image", "mask"):
+                    if key in rec:
+                        rec[key] = contract.decode_png(rec[key]["bytes"])
+                if "augmented" in rec:
+                    rec["augmented"] = [contract.decode_png(a["bytes"]) for a in rec["augmented"]]
+                yield rec
+        return
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n = f["sample_id"].shape[0]
+        for start in range(0, n, ROW_GROUP_SIZE):
+            block = {c: f[c][start : start + ROW_GROUP_SIZE] for c in cols}
+            for j in range(len(block[cols[0]])):
+                rec = {}
+                for c in cols:
+                    v = block[c][j]
+                    if isinstance(v, bytes):
+                        v = v.decode()
+                    elif c == "prompts":
+                        v = [p.decode() if isinstance(p, bytes) else p for p in v]
+                    elif c == "augmented":
+                        v = list(v)
+                    elif c in ("seeds", "spacing"):
+                        v = v.tolist()
+                    elif c == "slice_index":
+                        v = int(v)
+                    rec[c] = v
+                yield rec

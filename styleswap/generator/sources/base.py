@@ -1,0 +1,39 @@
+"""Data types that flow from a source to the shard writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Volume:
+    """One case, already validated, reoriented to RAS+ and remapped to the project's label ids.
+
+    ``image`` and ``label`` are (X, Y, Z) arrays indexed in RAS+ (x towards the patient's
+    right... i.e. nibabel's canonical orientation), ``spacing`` is in mm along X, Y, Z.
+    """
+
+    case_id: str
+    image: np.ndarray  # float32 (X, Y, Z), raw intensities (HU for CT when known)
+    label: np.ndarray  # uint8 (X, Y, Z), project label ids
+    spacing: tuple[float, float, float]
+    modality: str  # "CT", "MRI", ...
+    split: str = "train"
+    path: str = ""  # where it came from, for error messages
+
+
+@dataclass
+class SourceSlice:
+    """One preprocessed axial slice, ready to be intervened on and written."""
+
+    sample_id: str
+    case_id: str
+    slice_index: int
+    modality: str
+    image: np.ndarray  # uint8 (H, W) (or uint16), displayed the fixed way (see slicing.py)
+    mask: np.ndarray  # uint8 (H, W), label ids
+    spacing: tuple[float, float, float]  # row spacing, column spacing, slice thickness (mm)
+    split: str = "train"
+    extra: dict = field(default_factory=dict)
