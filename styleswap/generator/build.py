@@ -198,8 +198,11 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
         writers: dict[str, shards.ShardWriter] = {}
         stats = _Stats()
         executor = make_executor(cfg, cfg.engine, settings, job)
+        # disable=None: a bar on a terminal, none in logs and pipes; cleared on failure so that
+        # an error stays the one line on stderr.
+        bar = tqdm(desc=f"{cfg.engine} x{cfg.copies}", unit="slice", disable=None if progress else True,
+                   file=sys.stderr, leave=True)
         try:
-            bar = tqdm(desc=f"{cfg.engine} x{cfg.copies}", unit="slice", disable=not progress, file=sys.stderr)
             for rows in ordered_map(render_chunk, chunked(slices, per_chunk), executor, 2 * cfg.workers + 2):
                 for row in rows:
                     w = writers.get(row.split)
@@ -208,8 +211,11 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
                     w.add(row)
                     stats.add(row)
                 bar.update(len(rows))
-            bar.close()
+        except BaseException:
+            bar.leave = False
+            raise
         finally:
+            bar.close()
             executor.shutdown(wait=True, cancel_futures=True)
         if stats.rows == 0:
             raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")

@@ -1,0 +1,148 @@
+"""The one entry point from raw data to preprocessed slices: `open_source`.
+
+``open_source`` checks cheaply what it can (layout, file existence, the ``labels`` argument,
+the modality) and returns a `SourceStream`; ``SourceStream.slices()`` then reads one volume at a
+time, so memory does not grow with the number of cases. Training data (``augment build``) and
+evaluation data (``augment ingest``) both come through here, so they are preprocessed identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from styleswap.contract import DEFAULT_LABELS
+from styleswap.errors import StyleSwapError
+from styleswap.generator.sources import intensity, pngs, slicing
+from styleswap.generator.sources.base import SourceSlice, Volume
+from styleswap.generator.sources.layouts import Layout, detect_layout, normalize_modality
+from styleswap.generator.sources.volumes import LabelMap, load_case, make_label_map
+
+
+@dataclass
+class SourceStream:
+    """A validated source. ``info`` is JSON-able and goes into manifest.json; its
+    ``normalization.per_case`` fills in while streaming (each case's window or percentiles)."""
+
+    info: dict
+    _produce: Callable[[], Iterator[SourceSlice]] = field(repr=False)
+
+    def slices(self) -> Iterator[SourceSlice]:
+        """Every kept slice, case by case (one volume in memory at a time). Restartable."""
+        return self._produce()
+
+
+def open_source(
+    source: str | list[str],
+    *,
+    labels: str | dict[str, int] | None = None,
+    size: int = 192,
+    keep_empty: float = 0.1,
+    modality: str | None = None,
+    seed: int = 0,
+    project_labels: dict[str, int] = DEFAULT_LABELS,
+) -> SourceStream:
+    """Recognise ``source`` (phantom[:N], nnU-Net raw or MSD folder, ``IMAGE:LABEL`` NIfTI pairs,
+    PNG folder), validate the arguments, and return a stream of preprocessed slices."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        raise StyleSwapError(f"--size must be an integer >= 8, got {size!r}")
+    if not 0.0 <= float(keep_empty) <= 1.0:
+        raise StyleSwapError(f"--keep-empty must be in [0, 1], got {keep_empty!r}")
+    layout = detect_layout(source)
+    label_map = make_label_map(labels, layout.dataset_labels, project_labels, layout.dataset_json)
+    mod = _resolve_modality(layout, modality)
+
+    per_case: dict[str, dict] = {}
+    info = {
+        "layout": layout.kind,
+        "paths": list(layout.paths),
+        "modality": mod,
+        "labels": dict(project_labels),
+        "label_remap": label_map.describe(),
+        "normalization": {
+            "rule": pngs.RULE if layout.kind == "png" else intensity.describe_rule(),
+            "per_case": per_case,
+        },
+        "orientation": (
+            {"note": "PNG slices are used as displayed (no geometry to reorient by)"}
+            if layout.kind == "png"
+            else dict(slicing.ORIENTATION)
+        ),
+        "geometry": f"padded to square (centered), resized to {size}x{size}: image bilinear (antialiased), mask nearest",
+        "size": size,
+        "keep_empty": float(keep_empty),
+        "seed": int(seed),
+        "num_cases": layout.num_phantom if layout.kind == "phantom" else len(layout.cases),
+        "splits": _split_counts(layout),
+    }
+    if layout.kind == "png":
+        info["spacing_note"] = "PNG has no geometry: spacing unknown, recorded as (1.0, 1.0, 1.0)"
+
+    common = dict(size=size, keep_empty=float(keep_empty), seed=int(seed))
+
+    def produce() -> Iterator[SourceSlice]:
+        if layout.kind == "png":
+            root = Path(layout.paths[0])
+            for case in layout.cases:
+                yield from pngs.png_case_slices(
+                    root, case.case_id, layout.png_slices[case.case_id], label_map,
+                    modality=mod, split=case.split, normalization=per_case, **common,
+                )
+            return
+        for volume in _volumes(layout, label_map, mod, int(seed)):
+            yield from _volume_slices(volume, per_case, **common)
+
+    return SourceStream(info=info, _produce=produce)
+
+
+def _volume_slices(volume: Volume, per_case: dict, *, size: int, keep_empty: float, seed: int) -> Iterator[SourceSlice]:
+    image01, desc = intensity.normalize_intensity(volume.image, volume.modality)
+    per_case[volume.case_id] = desc
+    volume.image = image01  # drop the raw intensities: one float copy of the volume at a time
+    yield from slicing.slice_volume(
+        volume.case_id, image01, volume.label, volume.spacing,
+        size=size, keep_empty=keep_empty, seed=seed, modality=volume.modality, split=volume.split,
+    )
+
+
+def _volumes(layout: Layout, label_map: LabelMap, modality: str, seed: int) -> Iterator[Volume]:
+    if layout.kind == "phantom":
+        from styleswap.generator.sources.phantom import generate_cases  # lazy: only phantom builds need it
+
+        for volume in generate_cases(layout.num_phantom, seed=seed):
+            # Phantom ids are project ids already; the check guards against a project label set
+            # that differs from the phantom's.
+            volume.label = label_map.apply(volume.label, f"phantom case {volume.case_id}")
+            yield volume
+        return
+    for case in layout.cases:
+        yield load_case(case, label_map, modality)
+
+
+def _resolve_modality(layout: Layout, modality: str | None) -> str:
+    if layout.kind == "phantom":  # the phantom is a CT by construction
+        return "CT"
+    if modality:  # the user's word wins; known aliases are spelled the project's way
+        return normalize_modality(modality) or modality.strip()
+    if layout.modality:
+        return layout.modality
+    where = {
+        "nnunet": f"{layout.dataset_json}: channel_names['0'] is not CT or MR-like",
+        "msd": f"{layout.dataset_json}: modality['0'] is not CT or MR-like",
+        "nifti-pairs": f"{layout.paths[0]}: NIfTI pairs carry no modality",
+        "png": f"{layout.paths[0]}: PNG folders carry no modality",
+    }[layout.kind]
+    raise StyleSwapError(f"{where}; pass --modality CT or --modality MRI")
+
+
+def _split_counts(layout: Layout) -> dict[str, int]:
+    if layout.kind == "phantom":
+        return {"train": layout.num_phantom}
+    counts: dict[str, int] = {}
+    for case in layout.cases:
+        counts[case.split] = counts.get(case.split, 0) + 1
+    return counts
+
+
+__all__ = ["SourceStream", "open_source"]

@@ -1,0 +1,60 @@
+"""Intensity normalization to float32 in [0, 1], computed per volume.
+
+- CT in Hounsfield units (the volume's minimum is at most ``hu_threshold``, i.e. it contains air
+  around -1000 HU): clip to a fixed window (abdominal soft tissue, level 50 / width 400 ->
+  [-150, 250] HU). A fixed window keeps the same tissue at the same grey level in every case.
+- Everything else (MRI, or CT already windowed to 8-bit as in the SSL-ALPNet preprocessing):
+  clip to the volume's 0.5 and 99.5 percentiles; MRI has no absolute intensity scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Abdominal soft-tissue window (level, width) in HU.
+ABDOMEN_WINDOW: tuple[float, float] = (50.0, 400.0)
+#: A CT volume whose minimum is at or below this is taken to be in HU.
+HU_THRESHOLD = -500.0
+PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+
+def describe_rule(
+    window: tuple[float, float] | None = ABDOMEN_WINDOW,
+    hu_threshold: float = HU_THRESHOLD,
+    percentiles: tuple[float, float] = PERCENTILES,
+) -> dict:
+    """The normalization rule, as recorded in manifest.json."""
+    rule = {"percentiles": list(percentiles), "output": "float32 [0, 1], stored as round(x * 255)"}
+    if window is not None:
+        rule["ct_hu_window"] = {"level": window[0], "width": window[1], "used_when": f"CT and min <= {hu_threshold:g}"}
+    return rule
+
+
+def normalize_intensity(
+    image: np.ndarray,
+    modality: str,
+    *,
+    window: tuple[float, float] | None = ABDOMEN_WINDOW,
+    hu_threshold: float = HU_THRESHOLD,
+    percentiles: tuple[float, float] = PERCENTILES,
+) -> tuple[np.ndarray, dict]:
+    """``image`` (any shape, finite) -> (float32 in [0, 1], JSON description of what was done).
+
+    ``window`` is (level, width) in HU; None disables HU windowing (percentiles for every volume).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    vmin = float(image.min())
+    if modality == "CT" and window is not None and vmin <= hu_threshold:
+        level, width = window
+        lo, hi = level - width / 2.0, level + width / 2.0
+        desc = {"method": "hu_window", "level": float(level), "width": float(width), "range": [lo, hi]}
+    else:
+        lo, hi = (float(v) for v in np.percentile(image, percentiles))
+        desc = {"method": "percentiles", "percentiles": list(percentiles), "range": [lo, hi]}
+    if hi <= lo:  # a constant volume: nothing to show, map it to black rather than dividing by 0
+        desc["constant"] = True
+        return np.zeros_like(image, dtype=np.float32), desc
+    out = np.clip(image, lo, hi)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return out.astype(np.float32, copy=False), desc

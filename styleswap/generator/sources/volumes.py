@@ -1,0 +1,230 @@
+"""Read one NIfTI case, validate it, reorient it to RAS+ and remap its labels to project ids.
+
+Every problem with a file is a one-line `StyleSwapError` that names the file: users fix their
+data from the message alone, and the build never writes a half-understood volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import nibabel as nib
+import numpy as np
+
+from styleswap.errors import StyleSwapError
+from styleswap.generator.sources.base import Volume
+from styleswap.generator.sources.layouts import CaseRef
+
+#: Image and label affines may differ by float noise (different writers, qform vs sform rounding).
+AFFINE_RTOL = 1e-3
+AFFINE_ATOL_MM = 1e-2
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# --- labels ------------------------------------------------------------------------------------------
+
+
+def _format_map(project_labels: Mapping[str, int]) -> str:
+    return ", ".join(f"{n}={i}" for n, i in sorted(project_labels.items(), key=lambda kv: kv[1]))
+
+
+def parse_label_arg(labels: str | Mapping[str, int], project_labels: Mapping[str, int]) -> dict[int, int]:
+    """``"liver=5,spleen=1"`` (or ``{"liver": 5, ...}``): names are project label names, ids are the
+    ids in the source files. Returns source id -> project id."""
+    if isinstance(labels, str):
+        pairs: list[tuple[str, str]] = []
+        for item in labels.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, ident = item.partition("=")
+            if not sep or not name.strip() or not ident.strip():
+                raise StyleSwapError(f"--labels {labels!r}: {item!r} is not NAME=ID")
+            pairs.append((name.strip(), ident.strip()))
+    elif isinstance(labels, Mapping):
+        pairs = [(str(k), v) for k, v in labels.items()]
+    else:
+        raise StyleSwapError(f"--labels: expected 'NAME=ID,...' or a mapping, got {type(labels).__name__}")
+    if not pairs:
+        raise StyleSwapError(f"--labels {labels!r}: no NAME=ID pairs")
+
+    remap: dict[int, int] = {}
+    names: set[str] = set()
+    for name, ident in pairs:
+        if name not in project_labels:
+            raise StyleSwapError(
+                f"--labels: unknown label name {name!r}; valid names: {', '.join(project_labels)}"
+            )
+        try:
+            source_id = int(ident)
+            if isinstance(ident, float) and ident != source_id:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise StyleSwapError(f"--labels: id of {name!r} must be an integer, got {ident!r}") from None
+        if source_id < 0:
+            raise StyleSwapError(f"--labels: id of {name!r} must be >= 0, got {source_id}")
+        if name in names:
+            raise StyleSwapError(f"--labels: {name!r} is given twice")
+        if source_id in remap:
+            raise StyleSwapError(f"--labels: source id {source_id} is given for two names")
+        names.add(name)
+        remap[source_id] = int(project_labels[name])
+    return remap
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """How source label ids become project label ids.
+
+    ``strict``: a source id that is not a key of ``remap`` is an error (we would not know what it
+    is). Otherwise (explicit ``--labels``) it becomes background, as the user asked for a subset.
+    """
+
+    remap: dict[int, int]  # source id -> project id
+    project: dict[str, int]
+    origin: str  # "--labels", "dataset.json" or "identity"
+    strict: bool
+
+    def describe(self) -> dict:
+        return {
+            "origin": self.origin,
+            "source_to_project": {str(k): v for k, v in sorted(self.remap.items())},
+            "unmapped_ids": "error" if self.strict else "background (0)",
+        }
+
+    def apply(self, label: np.ndarray, path: str | Path) -> np.ndarray:
+        """Validated uint8 project-id label map of a raw label array (any numeric dtype)."""
+        if label.dtype.kind == "f":
+            if not np.isfinite(label).all():
+                raise StyleSwapError(f"{path}: NaN or infinite voxels in the label map")
+            bad = label != np.round(label)
+            if bad.any():
+                examples = sorted({float(v) for v in label[bad][:1000]})[:3]
+                raise StyleSwapError(
+                    f"{path}: non-integer label values (e.g. {', '.join(f'{v:g}' for v in examples)}); "
+                    "a label map must hold integer ids"
+                )
+        elif label.dtype.kind not in "iub":
+            raise StyleSwapError(f"{path}: label map has dtype {label.dtype}, expected integer ids")
+        ids = label.astype(np.int64, copy=False)
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0:
+            raise StyleSwapError(f"{path}: negative label id {lo}; a label map must hold ids >= 0")
+        if hi <= 65535:  # bincount is much faster than unique on a whole volume
+            present = np.flatnonzero(np.bincount(ids.ravel(), minlength=1)).tolist()
+        else:
+            present = np.unique(ids).tolist()
+        unknown = [i for i in present if i not in self.remap]
+        if self.strict and unknown:
+            raise StyleSwapError(
+                f"{path}: label ids {unknown} are not in the label map ({_format_map(self.project)}); "
+                "pass --labels NAME=ID,..."
+            )
+        lut = np.zeros(max(hi, max(self.remap, default=0)) + 1, dtype=np.uint8)
+        for source_id, project_id in self.remap.items():
+            lut[source_id] = project_id
+        return lut[ids]
+
+
+def make_label_map(
+    labels: str | Mapping[str, int] | None,
+    dataset_labels: Mapping[str, int] | None,
+    project_labels: Mapping[str, int],
+    dataset_json: str | Path | None = None,
+) -> LabelMap:
+    """``--labels`` wins; else dataset.json's names; else identity on the project ids."""
+    project = dict(project_labels)
+    for name, ident in project.items():
+        if not 0 <= int(ident) <= 255:
+            raise StyleSwapError(f"project label {name!r} has id {ident}; masks are uint8 (0..255)")
+    if labels is not None:
+        return LabelMap(parse_label_arg(labels, project), project, "--labels", strict=False)
+    if dataset_labels:
+        remap: dict[int, int] = {}
+        for name, source_id in dataset_labels.items():
+            if name not in project:
+                raise StyleSwapError(
+                    f"{dataset_json}: label {name!r} (id {source_id}) is not a project label "
+                    f"({_format_map(project)}); pass --labels NAME=ID,... to choose which ids to keep"
+                )
+            remap[int(source_id)] = project[name]
+        return LabelMap(remap, project, "dataset.json", strict=True)
+    return LabelMap({i: i for i in project.values()}, project, "identity", strict=True)
+
+
+# --- NIfTI -------------------------------------------------------------------------------------------
+
+
+def read_nifti(path: str | Path) -> nib.spatialimages.SpatialImage:
+    """The image header-loaded (data stays on disk), as a 3D image; a trailing singleton 4th
+    dimension is squeezed, a real 4D volume is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise StyleSwapError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise StyleSwapError(f"{path}: empty file (0 bytes)")
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises many types for a bad file; all mean the same to a user
+        raise StyleSwapError(f"{path}: cannot read as NIfTI ({_one_line(e)})") from None
+    shape = img.shape
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+        img = nib.funcs.squeeze_image(img)
+        shape = img.shape
+    if len(shape) != 3:
+        raise StyleSwapError(f"{path}: {len(shape)}D volume of shape {tuple(shape)}; expected a 3D volume (one channel)")
+    if min(shape) < 1:
+        raise StyleSwapError(f"{path}: empty volume of shape {tuple(shape)}")
+    return img
+
+
+def _data(img, path: Path, dtype=None) -> np.ndarray:
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # truncated gzip, short file, ...
+        raise StyleSwapError(f"{path}: cannot read voxel data ({_one_line(e)})") from None
+    return data if dtype is None else data.astype(dtype, copy=False)
+
+
+def load_case(case: CaseRef, label_map: LabelMap, modality: str) -> Volume:
+    """Read, validate, reorient to RAS+ (image and label identically) and remap one case."""
+    if case.label is None:
+        raise StyleSwapError(f"{case.image}: missing label file")
+    img = read_nifti(case.image)
+    lab = read_nifti(case.label)
+    if img.shape != lab.shape:
+        raise StyleSwapError(
+            f"{case.label}: label shape {tuple(lab.shape)} differs from image shape {tuple(img.shape)} of {case.image}"
+        )
+    if not np.allclose(img.affine, lab.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
+        diff = float(np.abs(img.affine - lab.affine).max())
+        raise StyleSwapError(
+            f"{case.label}: affine differs from the image's ({case.image}) by up to {diff:.3g}; "
+            "image and label must share one voxel grid"
+        )
+    img = nib.as_closest_canonical(img)
+    lab = nib.as_closest_canonical(lab)
+
+    image = _data(img, case.image, np.float32)
+    if not np.isfinite(image).all():
+        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise StyleSwapError(f"{case.image}: {n} NaN or infinite voxels")
+    label = label_map.apply(_data(lab, case.label), case.label)
+
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise StyleSwapError(f"{case.image}: voxel spacing {spacing} must be positive")
+    return Volume(
+        case_id=case.case_id,
+        image=np.ascontiguousarray(image),
+        label=np.ascontiguousarray(label),
+        spacing=spacing,  # type: ignore[arg-type]
+        modality=modality,
+        split=case.split,
+        path=str(case.image),
+    )
