@@ -12,11 +12,11 @@ structure      label  HU        where
 =============  =====  ========  ==================================================
 air            0      -1000     outside the body
 fat rim        0      -100      subcutaneous ring, 8-16 mm thick
-soft tissue    0      40        the rest of the body
-liver          1      60        patient's right, anterior-ish, upper part of the FOV
-kidney_right   2      30        right, posterior-lateral of the spine, lower part
-kidney_left    3      30        left, posterior-lateral of the spine, lower part
-spleen         4      50        patient's left, posterior, upper part
+soft tissue    0      -20       the rest of the body (visceral fat and bowel)
+liver          1      110       patient's right, anterior-ish, upper part of the FOV
+kidney_right   2      170       right, posterior-lateral of the spine, lower part
+kidney_left    3      170       left, posterior-lateral of the spine, lower part
+spleen         4      120       patient's left, posterior, upper part
 spine          0      700       vertebral body, posterior midline, all slices
 =============  =====  ========  ==================================================
 
@@ -41,7 +41,9 @@ from styleswap.contract import DEFAULT_LABELS
 from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.base import Volume
 
-HU_AIR, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -100.0, 40.0, 700.0
+# Organ values are those of a portal-venous contrast CT (like BTCV): enhanced organs stand out
+# from the fat-rich interior, as they do in the real source data.
+HU_AIR, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -100.0, -20.0, 700.0
 NOISE_HU = 10.0
 
 
@@ -99,10 +101,10 @@ def make_case(
     j = jitter
     organs = [
         # name, centre (x, y, z) mm, radii (in-plane major, minor, z) mm, max rotation (deg), HU
-        ("liver", (bx + j(45, 60), by + j(0, 15), j(10, 25)), (j(55, 68), j(45, 58), j(35, 45)), 20, 60.0),
-        ("spleen", (bx - j(65, 80), spine_y + j(15, 30), j(15, 30)), (j(22, 30), j(35, 45), j(28, 38)), 25, 50.0),
-        ("kidney_right", (bx + j(45, 55), spine_y + j(0, 8), j(-30, -20)), (j(20, 26), j(26, 32), j(30, 38)), 20, 30.0),
-        ("kidney_left", (bx - j(45, 55), spine_y + j(0, 8), j(-26, -16)), (j(20, 26), j(26, 32), j(30, 38)), 20, 30.0),
+        ("liver", (bx + j(45, 60), by + j(0, 15), j(10, 25)), (j(55, 68), j(45, 58), j(35, 45)), 20, 110.0),
+        ("spleen", (bx - j(65, 80), spine_y + j(15, 30), j(15, 30)), (j(22, 30), j(35, 45), j(28, 38)), 25, 120.0),
+        ("kidney_right", (bx + j(45, 55), spine_y + j(0, 8), j(-30, -20)), (j(20, 26), j(26, 32), j(30, 38)), 20, 170.0),
+        ("kidney_left", (bx - j(45, 55), spine_y + j(0, 8), j(-26, -16)), (j(20, 26), j(26, 32), j(30, 38)), 20, 170.0),
     ]
     for name, centre, radii, max_deg, hu in organs:
         angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
