@@ -233,3 +233,15 @@ def test_demo_recipe_is_valid():
     cfg = make_config(load_recipe(root / "manifests" / "demo.yaml"), {})
     cfg.validate()
     assert cfg.source.startswith("phantom") and cfg.engine == "gin" and cfg.copies > 0
+
+
+def test_preview_command_draws_a_row_per_slice(tmp_path, gin_dataset):
+    from PIL import Image
+
+    small, big = tmp_path / "two.png", tmp_path / "four.png"
+    assert augment(["preview", str(gin_dataset), "--out", str(small), "--rows", "2"])[0] == 0
+    assert augment(["preview", str(gin_dataset), "--out", str(big), "--rows", "4"])[0] == 0
+    (w2, h2), (w4, h4) = Image.open(small).size, Image.open(big).size
+    assert w2 == w4 and h4 > h2  # same columns (original, mask, 2 copies), more rows
+    code, _, err = augment(["preview", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "not a dataset folder" in err

@@ -27,12 +27,12 @@ app = typer.Typer(
 # Options shared by ingest and build.
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (must be new, empty, or a dataset of this tool with --overwrite).")]
 LabelsOpt = Annotated[Optional[str], typer.Option(help="Remap source label ids to the project's labels, e.g. 'liver=5,spleen=1,kidney_right=2,kidney_left=3'. Unmapped ids become background.")]
-SizeOpt = Annotated[Optional[int], typer.Option(help="Slice size in pixels (square) after padding and resizing. [default: 192]")]
-KeepEmptyOpt = Annotated[Optional[float], typer.Option(help="Fraction of slices without foreground to keep (0..1). [default: 0.1]")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Slice size in pixels (square) after padding and resizing. (default: 192)")]
+KeepEmptyOpt = Annotated[Optional[float], typer.Option(help="Fraction of slices without foreground to keep (0..1). (default: 0.1)")]
 ModalityOpt = Annotated[Optional[str], typer.Option(help="Source modality (CT or MRI); decides intensity normalization. Default: from dataset.json.")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Shard format: parquet or hdf5. [default: parquet]")]
-RowsOpt = Annotated[Optional[int], typer.Option(help="Rows (source slices) per shard. [default: 256]")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Build seed; every copy's seed derives from it, the sample id and the copy index. [default: 0]")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Shard format: parquet or hdf5. (default: parquet)")]
+RowsOpt = Annotated[Optional[int], typer.Option(help="Rows (source slices) per shard. (default: 256)")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Build seed; every copy's seed derives from it, the sample id and the copy index. (default: 0)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset of this tool in --out.")]
 PreviewOpt = Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")]
 
@@ -78,12 +78,12 @@ def build(
     recipe: Annotated[Optional[Path], typer.Argument(help="A YAML recipe (see manifests/). Flags override its values.")] = None,
     source: Annotated[Optional[str], typer.Option(help="'phantom[:N]', a raw source (as for ingest) or a dataset folder made by 'augment ingest'.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Dataset folder to write.")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="Style intervention: gin, bezier, controlnet or none. [default: gin]")] = None,
-    copies: Annotated[Optional[int], typer.Option("--copies", "-k", help="Style-intervened copies per source slice. [default: 4]")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Style intervention: gin, bezier, controlnet or none. (default: gin)")] = None,
+    copies: Annotated[Optional[int], typer.Option("--copies", "-k", help="Style-intervened copies per source slice. (default: 4)")] = None,
     engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", "-e", help="Engine setting KEY=VALUE (YAML value), repeatable.")] = None,
     fmt: FormatOpt = None,
     rows_per_shard: RowsOpt = None,
-    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine; the output bytes do not depend on it. [default: 1]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine; the output bytes do not depend on it. (default: 1)")] = None,
     seed: SeedOpt = None,
     labels: LabelsOpt = None,
     size: SizeOpt = None,
