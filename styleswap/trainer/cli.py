@@ -1,0 +1,128 @@
+"""``train``: thin Typer commands over `styleswap.trainer.train` and `styleswap.trainer.evaluate`.
+
+    train seg  --data DIR [--data DIR2] [--val DIR] --out runs/NAME [options]
+    train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta]
+
+Known errors (`StyleSwapError`) become one line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from styleswap.errors import StyleSwapError
+
+app = typer.Typer(help="Train and evaluate segmentation networks on StyleSwap dataset folders.", no_args_is_help=True, add_completion=False)
+
+DataOpt = Annotated[list[Path], typer.Option("--data", help="Dataset folder (repeatable).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+
+
+def one_line(err: BaseException) -> str:
+    """The message of an error as one line (DataLoader workers re-raise with a traceback appended)."""
+    text = str(err).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):  # worker re-raise: "...Original Traceback...\nstyleswap.errors.StyleSwapError: msg"
+        if "StyleSwapError: " in ln or "VerificationError: " in ln:
+            return ln.split("Error: ", 1)[1]
+    return lines[0] if lines else err.__class__.__name__
+
+
+def _errors_to_exit(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StyleSwapError as e:
+            typer.echo(f"error: {one_line(e)}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command("seg")
+@_errors_to_exit
+def seg(
+    data: DataOpt,
+    out: OutOpt,
+    val: Annotated[Optional[Path], typer.Option(help="Validation dataset folder (source modality); best/ keeps the best mean Dice.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Use only shards of this split from --data.")] = None,
+    loss: Annotated[str, typer.Option(help="erm | dice | dice+infonce")] = "dice+infonce",
+    arch: Annotated[str, typer.Option(help="unet (monai UNet) | basicunet")] = "unet",
+    channels: Annotated[int, typer.Option("--channels", "--width", help="Width of the first level (doubles per level).")] = 16,
+    depth: Annotated[int, typer.Option(help="Number of resolution levels.")] = 4,
+    res_units: Annotated[int, typer.Option(help="Residual units per block (unet).")] = 2,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Source slices per step and process (the copies come on top).")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Seed for init, data order, copies, augmentation.")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,
+    buffer_size: Annotated[int, typer.Option(help="Shuffle buffer (rows).")] = 256,
+    nce_weight: Annotated[float, typer.Option(help="Weight of the PatchNCE term.")] = 1.0,
+    nce_temperature: Annotated[float, typer.Option(help="PatchNCE temperature.")] = 0.07,
+    nce_patches: Annotated[int, typer.Option(help="Locations sampled per layer.")] = 256,
+    nce_layers: Annotated[Optional[str], typer.Option(help="Encoder depths, e.g. '0,1,2' (default: all).")] = None,
+    nce_mlp: Annotated[bool, typer.Option("--nce-mlp/--no-nce-mlp", help="CUT's projection MLP.")] = True,
+    flip_prob: Annotated[float, typer.Option(help="Horizontal flip probability (left/right labels swapped).")] = 0.5,
+    rotate: Annotated[float, typer.Option(help="Max rotation, degrees.")] = 15.0,
+    scale: Annotated[float, typer.Option(help="Max relative zoom.")] = 0.1,
+    log_every: Annotated[int, typer.Option(help="Steps between metrics.csv rows.")] = 10,
+    val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 200,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 200,
+    checkpoints_total_limit: Annotated[int, typer.Option(help="Checkpoints kept (0: all).")] = 2,
+    mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (GPU).")] = "no",
+    resume: Annotated[Optional[str], typer.Option(help="'latest' or a checkpoint folder.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train a 2D segmentation network on (original, copy, mask) triples."""
+    from styleswap.trainer.train import TrainConfig, train_segmentation
+
+    cfg = TrainConfig(
+        data=[str(d) for d in data], out=str(out), val=str(val) if val else None, split=split, loss=loss, arch=arch,
+        channels=channels, depth=depth, num_res_units=res_units, steps=steps, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, seed=seed, workers=workers, buffer_size=buffer_size, nce_weight=nce_weight,
+        nce_temperature=nce_temperature, nce_patches=nce_patches, nce_layers=nce_layers, nce_mlp=nce_mlp,
+        flip_prob=flip_prob, rotate_deg=rotate, scale=scale, log_every=log_every, val_every=val_every,
+        checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_total_limit or None,
+        mixed_precision=mixed_precision, resume=resume, progress=progress,
+    )  # fmt: skip
+    summary = train_segmentation(cfg)
+    typer.echo(f"trained {summary['steps']} steps -> {summary['out']} (best val mean Dice: {summary['best_val_mean_dice']})")
+
+
+@app.command("eval")
+@_errors_to_exit
+def eval_(
+    model: Annotated[Path, typer.Option("--model", help="Run folder (best/ or final/ is used) or a model folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder to evaluate on.")],
+    out: OutOpt,
+    split: Annotated[Optional[str], typer.Option(help="Use only shards of this split.")] = None,
+    hd95: Annotated[bool, typer.Option("--hd95", help="Also compute HD95 (mm).")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+) -> None:
+    """Per-organ 3D Dice (and HD95) per case: metrics.json, metrics.md, predictions.png."""
+    from styleswap.trainer.evaluate import evaluate_model, metrics_markdown
+
+    metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, hd95=hd95, device=device, split=split)
+    typer.echo(metrics_markdown(metrics))
+
+
+def main() -> None:
+    """Console entry point: one-line errors with exit code 2 for known errors."""
+    try:
+        app(standalone_mode=True)
+    except StyleSwapError as e:  # raised outside a command (should not happen, kept as a net)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

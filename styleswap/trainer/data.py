@@ -1,0 +1,408 @@
+"""Streaming access to contract-format dataset folders (Parquet first, HDF5 too).
+
+A dataset folder is ``manifest.json`` + ``data/<split>-NNNNN-of-NNNNN.{parquet,h5}`` (see
+``styleswap.contract``). `open_dataset` validates a folder cheaply (manifest, file metadata, one
+decoded image) and `SliceStream` streams its rows as an ``IterableDataset``.
+
+Streaming rules (why they hold):
+
+* The unit of reading is a Parquet row group (or a block of `H5_BLOCK_ROWS` rows of an HDF5 shard),
+  so memory is bounded by ``buffer_size`` rows plus one unit, whatever the dataset size.
+* Each epoch the units are permuted with a generator seeded by ``(seed, epoch)`` (identical in every
+  process), then dealt round-robin to the ``world_size * num_workers`` consumers (rank-major). When
+  there are fewer units than consumers, every consumer reads every unit and keeps the rows whose
+  position in the epoch order is congruent to its consumer id. Either way, each row goes to exactly
+  one consumer per epoch: the consumers of a rank cover that rank's partition exactly once, and the
+  ranks together cover the dataset exactly once.
+* A shuffle buffer (seeded by ``(seed, epoch, consumer)``) reorders rows within a consumer. It holds
+  raw (still PNG-encoded) rows; rows are decoded only when they leave the buffer.
+* The copy drawn for a slice depends on ``(seed, epoch, sample_id)`` only, not on order or worker,
+  so the pairs are the same however the data are partitioned or resumed.
+* ``skip_batches`` (used on resume) drops, without decoding them, the rows of the first batches of an
+  epoch. It assumes the DataLoader's round-robin over workers (batch ``b`` comes from worker
+  ``b % num_workers``), which holds exactly until the first worker runs out of rows near the end of
+  an epoch; see ``train.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from styleswap import contract
+from styleswap.errors import StyleSwapError
+
+#: Columns the trainer reads. The others (modality, prompts, seeds, engine) are not needed to
+#: train, so a user's own folder without them still works.
+REQUIRED_COLUMNS = ("sample_id", "case_id", "slice_index", "image", "mask", "augmented", "spacing")
+H5_BLOCK_ROWS = 64
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    split: str
+    num_rows: int
+    fmt: str
+    #: (start, stop, row_group) row ranges read as one unit (Parquet row groups / HDF5 blocks;
+    #: row_group is -1 for HDF5)
+    units: tuple[tuple[int, int, int], ...]
+
+
+@dataclass
+class DatasetInfo:
+    """A validated dataset folder."""
+
+    root: Path
+    manifest: dict[str, Any]
+    labels: dict[str, int]
+    format: str
+    shards: list[ShardInfo]
+    image_size: tuple[int, int]
+    modality: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes, background included (= ``len(labels)``)."""
+        return len(self.labels)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names ordered by label id."""
+        return [n for n, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
+
+
+def _h5_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _shard_units(path: Path, fmt: str) -> tuple[int, tuple[tuple[int, int, int], ...], list[str]]:
+    """Row count, read units and column names of one shard, from file metadata only."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:  # noqa: BLE001 - any pyarrow failure means the same to the user
+            raise StyleSwapError(f"{path}: not a readable Parquet shard ({e.__class__.__name__})") from None
+        md = pf.metadata
+        units, start = [], 0
+        for i in range(md.num_row_groups):
+            n = md.row_group(i).num_rows
+            units.append((start, start + n, i))
+            start += n
+        return md.num_rows, tuple(u for u in units if u[1] > u[0]), list(pf.schema_arrow.names)
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = list(f.keys())
+            n = int(f["image"].shape[0]) if "image" in f else 0
+    except OSError as e:
+        raise StyleSwapError(f"{path}: not a readable HDF5 shard ({e})") from None
+    units = tuple((s, min(s + H5_BLOCK_ROWS, n), -1) for s in range(0, n, H5_BLOCK_ROWS))
+    return n, units, names
+
+
+def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
+    """Validate a dataset folder and describe it.
+
+    Args:
+        path: folder holding ``manifest.json`` and ``data/``.
+        split: keep only shards of this split (``None``: all shards).
+
+    Raises:
+        StyleSwapError: no manifest, unreadable manifest, no labels, missing shard file, missing
+            column, no rows, or images of different sizes.
+    """
+    root = Path(path)
+    mpath = root / contract.MANIFEST_NAME
+    if not mpath.is_file():
+        raise StyleSwapError(f"{root}: not a dataset folder (no {contract.MANIFEST_NAME})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StyleSwapError(f"{mpath}: unreadable manifest ({e})") from None
+    labels = manifest.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise StyleSwapError(f"{mpath}: no 'labels' mapping (name -> id)")
+    labels = {str(k): int(v) for k, v in labels.items()}
+    if sorted(labels.values()) != list(range(len(labels))):
+        raise StyleSwapError(f"{mpath}: label ids must be 0..{len(labels) - 1}, got {sorted(labels.values())}")
+    fmt = manifest.get("format", "parquet")
+    if fmt not in contract.FORMATS:
+        raise StyleSwapError(f"{mpath}: unknown format {fmt!r} (expected one of {contract.FORMATS})")
+    entries = manifest.get("shards") or []
+    if split is not None:
+        entries = [e for e in entries if e.get("split") == split]
+    shards: list[ShardInfo] = []
+    for entry in entries:
+        spath = root / entry["path"]
+        if not spath.is_file():
+            raise StyleSwapError(f"{spath}: shard listed in manifest.json is missing")
+        n, units, names = _shard_units(spath, fmt)
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            raise StyleSwapError(f"{spath}: missing column(s) {', '.join(missing)}")
+        shards.append(ShardInfo(spath, str(entry.get("split", "train")), n, fmt, units))
+    info = DatasetInfo(root, manifest, labels, fmt, shards, (0, 0), str(manifest.get("modality", "")))
+    if info.num_rows == 0:
+        what = f"split {split!r}" if split else "dataset"
+        raise StyleSwapError(f"{root}: empty {what} (no rows in any shard)")
+    first = next(s for s in shards if s.num_rows)
+    row = next(iter(_read_unit(first, first.units[0])))
+    img = row["image"] if isinstance(row["image"], np.ndarray) else contract.decode_png(row["image"])
+    info.image_size = (int(img.shape[0]), int(img.shape[1]))
+    return info
+
+
+def _read_unit(shard: ShardInfo, unit: tuple[int, int, int]) -> Iterator[dict[str, Any]]:
+    """Raw rows of one unit: PNG bytes (Parquet) or arrays (HDF5), not decoded."""
+    start, stop, group = unit
+    if shard.fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(shard.path).read_row_group(group, columns=list(REQUIRED_COLUMNS))
+        cols = {c: table.column(c).to_pylist() for c in REQUIRED_COLUMNS}
+        for i in range(table.num_rows):
+            yield {
+                "sample_id": cols["sample_id"][i],
+                "case_id": cols["case_id"][i],
+                "slice_index": int(cols["slice_index"][i]),
+                "image": _struct_bytes(cols["image"][i]),
+                "mask": _struct_bytes(cols["mask"][i]),
+                "augmented": [_struct_bytes(a) for a in (cols["augmented"][i] or [])],
+                "spacing": cols["spacing"][i],
+                "shard": shard.path,
+            }
+        return
+    import h5py
+
+    with h5py.File(shard.path, "r") as f:
+        image = f["image"][start:stop]
+        mask = f["mask"][start:stop]
+        aug = f["augmented"][start:stop]
+        spacing = f["spacing"][start:stop]
+        sidx = f["slice_index"][start:stop]
+        sids = f["sample_id"][start:stop]
+        cids = f["case_id"][start:stop]
+    for i in range(stop - start):
+        yield {
+            "sample_id": _h5_str(sids[i]),
+            "case_id": _h5_str(cids[i]),
+            "slice_index": int(sidx[i]),
+            "image": image[i],
+            "mask": mask[i],
+            "augmented": list(aug[i]),
+            "spacing": spacing[i].tolist(),
+            "shard": shard.path,
+        }
+
+
+def _struct_bytes(value: Any) -> bytes:
+    # datasets `Image` columns are structs {bytes, path}; accept raw bytes too
+    if isinstance(value, dict):
+        if value.get("bytes") is None:
+            raise StyleSwapError(f"image stored by path only ({value.get('path')!r}); the contract embeds bytes")
+        return value["bytes"]
+    return value
+
+
+def _decode(value: bytes | np.ndarray) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else contract.decode_png(value)
+
+
+def _seed_of(*parts: int | str) -> int:
+    """A stable 63-bit seed from ints and strings (``hash()`` of str is salted per process)."""
+    h = 0
+    for p in parts:
+        b = str(p).encode()
+        h = (h * 1_000_003 + zlib.crc32(b)) % (2**63 - 1)
+    return h
+
+
+class SliceStream(IterableDataset):
+    """Rows of one or more dataset folders as tensors.
+
+    Each item is a dict::
+
+        image      (1, H, W) float32 in [0, 1]   original slice
+        augmented  (1, H, W) float32 in [0, 1]   one copy drawn by (seed, epoch, sample_id); the
+                                                 original itself when the row has no copies
+        mask       (1, H, W) int64               label ids < num_classes
+        has_copy   bool
+        sample_id, case_id (str), slice_index (int), spacing (3,) float32
+
+    Args:
+        datasets: validated folders (same labels and image size).
+        shuffle: permute units per epoch and use the shuffle buffer.
+        buffer_size: rows held by the shuffle buffer (1 disables it).
+        seed: base seed; the order is a function of (seed, epoch, rank, world_size, workers).
+        rank, world_size: this process and the number of processes.
+        num_classes: masks must hold ids below this (default: the datasets' class count).
+        with_copies: draw a copy per row (off for evaluation, where ``augmented`` is the image).
+        skip_batches, batch_size: on resume, skip the first ``skip_batches`` batches of the epoch.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[DatasetInfo],
+        *,
+        shuffle: bool = True,
+        buffer_size: int = 256,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_classes: int | None = None,
+        with_copies: bool = True,
+        skip_batches: int = 0,
+        batch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if not datasets:
+            raise StyleSwapError("no dataset given")
+        first = datasets[0]
+        for d in datasets[1:]:
+            if d.labels != first.labels:
+                raise StyleSwapError(f"{d.root}: labels {d.labels} differ from {first.root}'s {first.labels}")
+            if d.image_size != first.image_size:
+                raise StyleSwapError(f"{d.root}: image size {d.image_size} differs from {first.root}'s {first.image_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.datasets = list(datasets)
+        self.shuffle = shuffle
+        self.buffer_size = max(1, int(buffer_size))
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.num_classes = int(num_classes if num_classes is not None else first.num_classes)
+        self.image_size = first.image_size
+        self.with_copies = with_copies
+        self.skip_batches = int(skip_batches)
+        self.batch_size = int(batch_size)
+        self.epoch = 0
+        self._units = [(s, u) for d in self.datasets for s in d.shards for u in s.units]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order; call before each ``iter(DataLoader)``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:  # rows of the whole dataset (all ranks), for progress only
+        return sum(d.num_rows for d in self.datasets)
+
+    # -- partitioning -------------------------------------------------------------------------
+    def _consumer(self) -> tuple[int, int, int, int]:
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        return self.rank * nw + wid, self.world_size * nw, wid, nw
+
+    def _raw_rows(self, consumer: int, consumers: int) -> Iterator[dict[str, Any]]:
+        units = list(self._units)
+        if self.shuffle:
+            random.Random(_seed_of(self.seed, self.epoch, "units")).shuffle(units)
+        if len(units) >= consumers:
+            for shard, unit in units[consumer::consumers]:
+                yield from _read_unit(shard, unit)
+        else:  # too few units to deal out: stride over rows instead
+            k = 0
+            for shard, unit in units:
+                for row in _read_unit(shard, unit):
+                    if k % consumers == consumer:
+                        yield row
+                    k += 1
+
+    def _buffered(self, rows: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        if not self.shuffle or self.buffer_size <= 1:
+            yield from rows
+            return
+        buf: list[dict[str, Any]] = []
+        for row in rows:
+            if len(buf) < self.buffer_size:
+                buf.append(row)
+                continue
+            j = rng.randrange(len(buf))
+            buf[j], row = row, buf[j]
+            yield row
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        consumer, consumers, wid, nw = self._consumer()
+        rng = random.Random(_seed_of(self.seed, self.epoch, "buffer", consumer, consumers))
+        rows = self._buffered(self._raw_rows(consumer, consumers), rng)
+        # batches b < skip_batches with b % nw == wid came from this worker
+        skip = max(0, -(-(self.skip_batches - wid) // nw)) * self.batch_size
+        for row in rows:
+            if skip:
+                skip -= 1
+                continue
+            yield self._decode_row(row)
+
+    # -- decoding -----------------------------------------------------------------------------
+    def _decode_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        shard, sid = row["shard"], row["sample_id"]
+        image = _decode(row["image"])
+        mask = _decode(row["mask"])
+        if image.shape != self.image_size or mask.shape != self.image_size:
+            raise StyleSwapError(
+                f"{shard}: {sid} has image {image.shape} / mask {mask.shape}, expected {self.image_size} "
+                "(input size must be uniform)"
+            )
+        top = int(mask.max()) if mask.size else 0
+        if top >= self.num_classes:
+            raise StyleSwapError(
+                f"{shard}: mask of {sid} holds label id {top}, outside the {self.num_classes} classes "
+                "(ids 0..{})".format(self.num_classes - 1)
+            )
+        copies = row["augmented"]
+        has_copy = self.with_copies and len(copies) > 0
+        if has_copy:
+            pick = random.Random(_seed_of(self.seed, self.epoch, "copy", sid)).randrange(len(copies))
+            aug = _decode(copies[pick])
+            if aug.shape != self.image_size:
+                raise StyleSwapError(f"{shard}: copy {pick} of {sid} has shape {aug.shape}, expected {self.image_size}")
+        else:
+            aug = image
+        spacing = [float(x) for x in (row["spacing"] or [])][:3]
+        spacing += [1.0] * (3 - len(spacing))
+        img_t = torch.from_numpy(contract.to_unit_float(image))[None]
+        return {
+            "image": img_t,
+            "augmented": torch.from_numpy(contract.to_unit_float(aug))[None] if has_copy else img_t.clone(),
+            "mask": torch.from_numpy(mask.astype(np.int64))[None],
+            "has_copy": has_copy,
+            "sample_id": sid,
+            "case_id": row["case_id"],
+            "slice_index": row["slice_index"],
+            "spacing": torch.tensor(spacing, dtype=torch.float32),
+        }
+
+
+def lateral_permutation(labels: dict[str, int], num_classes: int) -> torch.Tensor:
+    """Label-id permutation that swaps left/right pairs (``kidney_left`` <-> ``kidney_right``).
+
+    A horizontal flip mirrors anatomy; masks are relabelled so that "right" stays on the image side
+    where real right organs appear, and flip test-time augmentation swaps the channels back.
+    Shape: (num_classes,) int64; identity where a name has no partner.
+    """
+    perm = torch.arange(num_classes)
+    for name, lid in labels.items():
+        for a, b in (("left", "right"), ("right", "left")):
+            if a in name:
+                partner = labels.get(name.replace(a, b))
+                if partner is not None and lid < num_classes and partner < num_classes:
+                    perm[lid] = partner
+    return perm

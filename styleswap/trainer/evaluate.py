@@ -1,0 +1,279 @@
+"""3D per-organ evaluation of a segmentation model on a dataset folder.
+
+Slices are grouped by ``case_id`` (their ``slice_index`` orders them), and Dice is computed per
+organ over the whole case volume. Since Dice over a volume only needs per-class sums,
+``|P & G|``, ``|P|`` and ``|G|`` are accumulated slice by slice; volumes are kept only for HD95.
+
+Conventions (tested):
+
+* An organ absent from both the prediction and the ground truth of a case has Dice NaN for that
+  case and is excluded from means (not counted as 1.0).
+* An organ absent from the ground truth but predicted has Dice 0 (a false positive is an error).
+* ``per_organ[name]``: mean / std (population, ``ddof=0``) / n over the cases where it is defined.
+* ``per_case[case]["mean"]``: mean over that case's defined organs.
+* ``mean_dice``: mean over organs of ``per_organ[name]["mean"]`` (the papers' "average Dice");
+  ``mean_dice_std``: std over cases of ``per_case[case]["mean"]``.
+* HD95 (optional, mm, ``monai.metrics.compute_hausdorff_distance`` with the case's spacing): NaN
+  when the organ is missing from the prediction or from the ground truth.
+* Background (id 0) is never scored.
+
+JSON has no NaN: undefined values are written as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from styleswap import contract
+from styleswap.errors import StyleSwapError
+from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, open_dataset
+from styleswap.trainer.model import SegNet, load_model, resolve_model_dir
+
+
+def dice_from_counts(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> np.ndarray:
+    """Dice per class from sums; NaN where both prediction and ground truth are empty."""
+    inter, psum, gsum = (np.asarray(a, dtype=np.float64) for a in (inter, psum, gsum))
+    denom = psum + gsum
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2.0 * inter / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def class_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (|P & G|, |P|, |G|) for ids 1..num_classes-1. Arrays of any equal shape."""
+    p, g = np.asarray(pred).ravel().astype(np.int64), np.asarray(gt).ravel().astype(np.int64)
+    psum = np.bincount(p, minlength=num_classes)[1:num_classes]
+    gsum = np.bincount(g, minlength=num_classes)[1:num_classes]
+    inter = np.bincount(p[p == g], minlength=num_classes)[1:num_classes]
+    return inter, psum, gsum
+
+
+def dice_per_organ(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of each organ (ids 1..C-1) between two label volumes; shape (C-1,), NaN if undefined."""
+    return dice_from_counts(*class_counts(pred, gt, num_classes))
+
+
+def summarize(case_dice: dict[str, np.ndarray], organ_names: list[str], case_hd95: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """metrics dict from per-case Dice vectors (see the module docstring for the conventions)."""
+    cases = sorted(case_dice)
+    if not cases:
+        raise StyleSwapError("no cases to evaluate")
+    table = np.stack([case_dice[c] for c in cases])  # (cases, organs)
+    per_organ, organ_means = {}, []
+    for j, name in enumerate(organ_names):
+        col = table[:, j]
+        ok = col[~np.isnan(col)]
+        entry = {"mean": float(ok.mean()) if ok.size else None, "std": float(ok.std()) if ok.size else None, "n": int(ok.size)}
+        if case_hd95 is not None:
+            h = np.array([case_hd95[c][j] for c in cases], dtype=np.float64)
+            h = h[np.isfinite(h)]
+            entry["hd95_mean"] = float(h.mean()) if h.size else None
+            entry["hd95_std"] = float(h.std()) if h.size else None
+        per_organ[name] = entry
+        if ok.size:
+            organ_means.append(ok.mean())
+    case_means = np.array([np.nanmean(r) if np.any(~np.isnan(r)) else np.nan for r in table])
+    valid_case_means = case_means[~np.isnan(case_means)]
+    per_case = {}
+    for i, c in enumerate(cases):
+        row: dict[str, Any] = {n: _num(table[i, j]) for j, n in enumerate(organ_names)}
+        row["mean"] = _num(case_means[i])
+        if case_hd95 is not None:
+            row["hd95"] = {n: _num(case_hd95[c][j]) for j, n in enumerate(organ_names)}
+        per_case[c] = row
+    return {
+        "mean_dice": float(np.mean(organ_means)) if organ_means else None,
+        "mean_dice_std": float(valid_case_means.std()) if valid_case_means.size else None,
+        "num_cases": len(cases),
+        "organs": organ_names,
+        "per_organ": per_organ,
+        "per_case": per_case,
+    }
+
+
+def _num(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+@torch.no_grad()
+def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, H, W) images -> (B, H, W) label ids.
+
+    ``tta`` averages the softmax of the image and of its horizontal mirror (flipped back, with
+    left/right channels swapped by ``swap``, see `lateral_permutation`). No vertical flip: the
+    networks never see upside-down anatomy in training.
+    """
+    probs = torch.softmax(model(images).float(), dim=1)
+    if tta:
+        flipped = torch.softmax(model(images.flip(-1)).float(), dim=1).flip(-1)
+        if swap is not None:
+            flipped = flipped[:, swap.to(flipped.device)]
+        probs = probs + flipped
+    return probs.argmax(dim=1)
+
+
+def evaluate_info(
+    model: SegNet,
+    info: DatasetInfo,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    tta: bool = False,
+    hd95: bool = False,
+    overlay_slices: int = 3,
+    workers: int = 0,
+) -> tuple[dict[str, Any], dict[str, list]]:
+    """Run the model over every slice of ``info`` and score per case in 3D.
+
+    Returns (metrics, overlays) where overlays maps case -> up to ``overlay_slices`` tuples
+    ``(slice_index, image (H, W) float, gt (H, W), pred (H, W))`` with the most ground-truth foreground.
+    """
+    ncls = int(model.config["num_classes"])
+    if info.num_classes > ncls:
+        raise StyleSwapError(
+            f"{info.root}: {info.num_classes} labels in manifest.json but the model has {ncls} classes"
+        )
+    organ_names = [n for n, _ in sorted(info.labels.items(), key=lambda kv: kv[1])][1:]
+    organ_names += [f"class_{i}" for i in range(len(organ_names) + 1, ncls)]
+    swap = lateral_permutation(info.labels, ncls)
+    stream = SliceStream([info], shuffle=False, num_classes=ncls, with_copies=False)
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
+    counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((3, ncls - 1), np.int64))
+    volumes: dict[str, list] = defaultdict(list)
+    spacing: dict[str, list[float]] = {}
+    overlays: dict[str, list] = defaultdict(list)
+    was_training = model.training
+    n_slices = 0
+    model.eval()
+    try:
+        for batch in loader:
+            pred = predict_labels(model, batch["image"].to(device), tta, swap).cpu().numpy()
+            gt = batch["mask"][:, 0].numpy()
+            n_slices += len(gt)
+            for i, case in enumerate(batch["case_id"]):
+                counts[case] += np.stack(class_counts(pred[i], gt[i], ncls))
+                sl = int(batch["slice_index"][i])
+                if hd95:
+                    volumes[case].append((sl, pred[i].astype(np.uint8), gt[i].astype(np.uint8)))
+                    spacing[case] = batch["spacing"][i].tolist()
+                if overlay_slices:
+                    ov = overlays[case]
+                    ov.append((int((gt[i] > 0).sum()), sl, batch["image"][i, 0].numpy(), gt[i], pred[i]))
+                    ov.sort(key=lambda t: (-t[0], t[1]))
+                    del ov[overlay_slices:]
+    finally:
+        model.train(was_training)
+    case_dice = {c: dice_from_counts(*v) for c, v in counts.items()}
+    case_hd = _hd95(volumes, spacing, ncls) if hd95 else None
+    metrics = summarize(case_dice, organ_names, case_hd)
+    metrics["num_slices"] = n_slices
+    metrics["tta"] = tta
+    return metrics, {c: [t[1:] for t in sorted(v, key=lambda t: t[1])] for c, v in overlays.items()}
+
+
+def _hd95(volumes: dict[str, list], spacing: dict[str, list[float]], ncls: int) -> dict[str, np.ndarray]:
+    from monai.metrics import compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    out = {}
+    for case, items in volumes.items():
+        items.sort(key=lambda t: t[0])
+        pred = torch.from_numpy(np.stack([t[1] for t in items])).long()[None, None]  # (1, 1, D, H, W)
+        gt = torch.from_numpy(np.stack([t[2] for t in items])).long()[None, None]
+        row, col, thick = spacing[case]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # empty-organ and MONAI deprecation warnings: handled below
+            hd = compute_hausdorff_distance(
+                one_hot(pred, ncls), one_hot(gt, ncls), include_background=False, percentile=95, spacing=[thick, row, col]
+            )
+        vals = hd[0].double().numpy()
+        pres_p = np.array([(pred == k).any().item() for k in range(1, ncls)])
+        pres_g = np.array([(gt == k).any().item() for k in range(1, ncls)])
+        vals[~(pres_p & pres_g)] = np.nan  # undefined when either side is empty
+        out[case] = vals
+    return out
+
+
+def colorize(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Grayscale float image in [0, 1] + label map -> RGB uint8 with `contract.LABEL_COLORS`."""
+    rgb = np.repeat(np.clip(image, 0, 1)[..., None] * 255.0, 3, axis=-1)
+    for lid, color in contract.LABEL_COLORS.items():
+        sel = labels == lid
+        if sel.any():
+            rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.array(color, dtype=np.float64)
+    return rgb.astype(np.uint8)
+
+
+def write_overlays(overlays: dict[str, list], path: str | Path, max_cases: int = 4) -> Path:
+    """A grid PNG: one row per (case, slice); columns image | ground truth | prediction."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for case in sorted(overlays)[:max_cases]:
+        for sl, image, gt, pred in overlays[case]:
+            gray = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+            row = np.concatenate([np.repeat(gray[..., None], 3, -1), colorize(image, gt), colorize(image, pred)], axis=1)
+            im = Image.fromarray(row)
+            ImageDraw.Draw(im).text((2, 2), f"{case} #{sl}  | GT | pred", fill=(255, 255, 0))
+            rows.append(np.asarray(im))
+    if not rows:
+        raise StyleSwapError("nothing to draw")
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return Path(path)
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """A Markdown table: one row per organ, then the mean."""
+
+    def f(x: float | None, scale: float = 100.0, nd: int = 1) -> str:
+        return "n/a" if x is None else f"{x * scale:.{nd}f}"
+
+    has_hd = any("hd95_mean" in v for v in metrics["per_organ"].values())
+    head = "| organ | Dice % (mean) | Dice % (std) | cases |" + (" HD95 mm |" if has_hd else "")
+    sep = "|---|---:|---:|---:|" + ("---:|" if has_hd else "")
+    lines = [head, sep]
+    for name, v in metrics["per_organ"].items():
+        line = f"| {name} | {f(v['mean'])} | {f(v['std'])} | {v['n']} |"
+        if has_hd:
+            line += f" {f(v.get('hd95_mean'), 1.0, 2)} |"
+        lines.append(line)
+    lines.append(f"| **mean** | **{f(metrics['mean_dice'])}** | {f(metrics['mean_dice_std'])} | {metrics['num_cases']} |" + (" |" if has_hd else ""))
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    tta: bool = False,
+    hd95: bool = False,
+    device: str | None = None,
+    split: str | None = None,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Evaluate a trained model folder on a dataset folder; writes metrics.json, metrics.md, predictions.png."""
+    info = open_dataset(data_dir, split=split)
+    folder = resolve_model_dir(model_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(folder, map_location="cpu").to(dev)
+    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, hd95=hd95, workers=workers)
+    metrics["model"] = str(folder)
+    metrics["data"] = str(Path(data_dir))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.md").write_text(metrics_markdown(metrics))
+    write_overlays(overlays, out / "predictions.png")
+    return metrics

@@ -1,0 +1,167 @@
+"""Segmentation networks (MONAI) that also expose their encoder features.
+
+The network is described by a plain JSON-able dict (saved as ``config.json`` next to the weights)
+so that evaluation rebuilds exactly the trained network::
+
+    {"arch": "unet", "in_channels": 1, "num_classes": 5, "channels": 16, "depth": 4,
+     "num_res_units": 2, "labels": {...}, "image_size": [128, 128]}
+
+Architectures:
+
+* ``unet``: ``monai.networks.nets.UNet``, 2D, ``depth`` levels with widths
+  ``channels * 2**i`` and stride 2 between levels. Encoder features: the output of each
+  down block (depth 0 = H/2, ..., depth-2 = H/2**(depth-1)) and of the bottom block
+  (depth-1, same resolution as depth-2).
+* ``basicunet``: ``monai.networks.nets.BasicUNet`` (fixed 5 levels; ``depth`` must be 5),
+  widths ``(c, c, 2c, 4c, 8c, c)``. Encoder features: ``conv_0`` (H) and ``down_1..4``.
+
+Input height and width must be divisible by ``2**(depth-1)`` (``basicunet``: 16).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from styleswap.errors import StyleSwapError
+
+ARCHS = ("unet", "basicunet")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def default_config(num_classes: int, arch: str = "unet", channels: int = 16, depth: int = 4, **extra: Any) -> dict[str, Any]:
+    cfg = {"arch": arch, "in_channels": 1, "num_classes": int(num_classes), "channels": int(channels), "depth": int(depth), "num_res_units": 2}
+    cfg.update(extra)
+    return cfg
+
+
+class SegNet(nn.Module):
+    """A MONAI 2D segmentation network whose encoder outputs can be returned with the logits.
+
+    ``forward(x)``: (B, in_channels, H, W) -> logits (B, num_classes, H, W).
+    ``forward(x, return_features=True)`` -> (logits, [encoder feature maps, shallow to deep]).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = dict(config)
+        arch = config.get("arch", "unet")
+        c, depth, ncls = int(config["channels"]), int(config["depth"]), int(config["num_classes"])
+        inc = int(config.get("in_channels", 1))
+        if ncls < 2:
+            raise StyleSwapError(f"num_classes must be >= 2 (background included), got {ncls}")
+        if arch == "unet":
+            from monai.networks.nets import UNet
+
+            if depth < 2:
+                raise StyleSwapError(f"--depth must be >= 2 for unet, got {depth}")
+            self.net = UNet(
+                spatial_dims=2,
+                in_channels=inc,
+                out_channels=ncls,
+                channels=tuple(c * 2**i for i in range(depth)),
+                strides=(2,) * (depth - 1),
+                num_res_units=int(config.get("num_res_units", 2)),
+            )
+            encoder, block = [], self.net.model
+            for _ in range(depth - 1):  # Sequential(down, SkipConnection(sub), up)
+                encoder.append(block[0])
+                block = block[1].submodule
+            encoder.append(block)  # bottom
+            self.feature_channels = [c * 2**i for i in range(depth)]
+            self.divisor = 2 ** (depth - 1)
+        elif arch == "basicunet":
+            from monai.networks.nets import BasicUNet
+
+            if depth != 5:
+                raise StyleSwapError(f"basicunet has 5 levels; --depth must be 5, got {depth}")
+            feats = (c, c, 2 * c, 4 * c, 8 * c, c)
+            self.net = BasicUNet(spatial_dims=2, in_channels=inc, out_channels=ncls, features=feats)
+            encoder = [self.net.conv_0, self.net.down_1, self.net.down_2, self.net.down_3, self.net.down_4]
+            self.feature_channels = list(feats[:5])
+            self.divisor = 16
+        else:
+            raise StyleSwapError(f"unknown --arch {arch!r} (choose from {', '.join(ARCHS)})")
+        self._captured: list[torch.Tensor] | None = None
+        for i, module in enumerate(encoder):
+            module.register_forward_hook(self._hook(i))
+        self.num_levels = len(encoder)
+
+    def _hook(self, i: int):
+        def fn(_module, _inp, out):
+            if self._captured is not None:
+                self._captured[i] = out
+
+        return fn
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
+            raise StyleSwapError(f"input size {tuple(x.shape[-2:])} must be divisible by {self.divisor} for this network")
+        if not return_features:
+            return self.net(x)
+        self._captured = [None] * self.num_levels  # type: ignore[list-item]
+        try:
+            logits = self.net(x)
+            feats = list(self._captured)
+        finally:
+            self._captured = None
+        return logits, feats
+
+
+def build_model(config: dict[str, Any]) -> SegNet:
+    return SegNet(config)
+
+
+def parse_layers(spec: str | Sequence[int] | None, num_levels: int) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ``None``/``"all"`` -> every encoder level."""
+    if spec is None or spec == "all" or spec == "":
+        return list(range(num_levels))
+    layers = [int(x) for x in spec.split(",")] if isinstance(spec, str) else [int(x) for x in spec]
+    bad = [x for x in layers if not 0 <= x < num_levels]
+    if bad:
+        raise StyleSwapError(f"--nce-layers {bad} out of range: the encoder has depths 0..{num_levels - 1}")
+    return layers
+
+
+def save_model(model: SegNet, folder: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
+    """Weights (safetensors) + ``config.json`` describing the network."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_NAME)
+    cfg = dict(model.config)
+    cfg.update(extra_config or {})
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+    return folder
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A run folder (``best/`` preferred, then ``final/``) or a folder with config.json."""
+    path = Path(path)
+    for cand in (path / "best", path / "final", path):
+        if (cand / CONFIG_NAME).is_file() and (cand / WEIGHTS_NAME).is_file():
+            return cand
+    raise StyleSwapError(f"{path}: no trained model ({CONFIG_NAME} + {WEIGHTS_NAME} in best/, final/ or the folder)")
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SegNet:
+    from safetensors.torch import load_file
+
+    folder = resolve_model_dir(path)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise StyleSwapError(f"{folder / CONFIG_NAME}: unreadable ({e})") from None
+    model = SegNet(config)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME), device=str(map_location)))
+    return model

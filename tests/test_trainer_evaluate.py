@@ -1,0 +1,97 @@
+"""Dice conventions and 3D (per-case) evaluation against hand-computed values."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from styleswap.trainer.data import open_dataset
+from styleswap.trainer.evaluate import (
+    class_counts,
+    dice_from_counts,
+    dice_per_organ,
+    evaluate_info,
+    metrics_markdown,
+    summarize,
+)
+from trainer_fixtures import write_dataset
+
+torch.set_num_threads(1)
+
+
+def _mask(h, w, boxes):
+    m = np.zeros((h, w), np.uint8)
+    for lid, (r0, r1, c0, c1) in boxes:
+        m[r0:r1, c0:c1] = lid
+    return m
+
+
+# (pred boxes, gt boxes, expected Dice for organs 1 and 2); 4x4 images, 3 classes
+CASES = [
+    ([(1, (0, 2, 0, 2))], [(1, (0, 2, 0, 2))], [1.0, math.nan]),  # perfect; organ 2 absent in both -> NaN
+    ([(1, (0, 2, 0, 2)), (2, (3, 4, 3, 4))], [(1, (0, 2, 0, 2))], [1.0, 0.0]),  # false-positive organ -> 0
+    ([(1, (0, 2, 0, 1))], [(1, (0, 2, 0, 2))], [2 * 2 / (2 + 4), math.nan]),  # half the organ -> 2/3
+    ([(1, (0, 2, 1, 3))], [(1, (0, 2, 0, 2))], [2 * 2 / (4 + 4), math.nan]),  # shifted -> 0.5
+    ([], [(2, (0, 1, 0, 1))], [math.nan, 0.0]),  # missed organ -> 0
+]
+
+
+@pytest.mark.parametrize("pred_boxes, gt_boxes, expected", CASES)
+def test_dice_per_organ(pred_boxes, gt_boxes, expected):
+    got = dice_per_organ(_mask(4, 4, pred_boxes), _mask(4, 4, gt_boxes), 3)
+    np.testing.assert_allclose(got, expected, equal_nan=True)
+
+
+def test_dice_is_volumetric_not_a_mean_over_slices():
+    # slice A: 4 gt pixels, all predicted; slice B: no gt, 2 false-positive pixels
+    gt = np.stack([_mask(4, 4, [(1, (0, 2, 0, 2))]), _mask(4, 4, [])])
+    pred = np.stack([_mask(4, 4, [(1, (0, 2, 0, 2))]), _mask(4, 4, [(1, (3, 4, 0, 2))])])
+    counts = [np.stack(class_counts(pred[i], gt[i], 3)) for i in range(2)]
+    dice = dice_from_counts(*sum(counts))
+    assert dice[0] == pytest.approx(2 * 4 / (6 + 4))  # 0.8; a slice mean would say (1 + 0) / 2
+    assert dice[0] == pytest.approx(dice_per_organ(pred, gt, 3)[0])
+
+
+def test_summary_excludes_nan_and_keeps_false_positives():
+    case_dice = {"a": np.array([1.0, np.nan]), "b": np.array([0.5, 0.0])}
+    m = summarize(case_dice, ["liver", "spleen"])
+    assert m["per_organ"]["liver"] == {"mean": 0.75, "std": 0.25, "n": 2}
+    assert m["per_organ"]["spleen"] == {"mean": 0.0, "std": 0.0, "n": 1}
+    assert m["per_case"]["a"]["spleen"] is None and m["per_case"]["a"]["mean"] == 1.0
+    assert m["per_case"]["b"]["mean"] == 0.25
+    assert m["mean_dice"] == pytest.approx((0.75 + 0.0) / 2)
+    assert m["mean_dice_std"] == pytest.approx(np.std([1.0, 0.25]))
+    json.dumps(m)  # no NaN in the JSON
+    assert "| liver | 75.0 | 25.0 | 2 |" in metrics_markdown(m)
+
+
+class ThresholdModel(nn.Module):
+    """Stub network: disk (0.8) -> 1, square (0.5) -> 2, else 0; or a fixed label everywhere."""
+
+    def __init__(self, fixed: int | None = None):
+        super().__init__()
+        self.config = {"num_classes": 3}
+        self.fixed = fixed
+
+    def forward(self, x):
+        lab = torch.where(x > 0.65, 1, torch.where(x > 0.3, 2, 0))[:, 0]
+        if self.fixed is not None:
+            lab = torch.full_like(lab, self.fixed)
+        return nn.functional.one_hot(lab, 3).permute(0, 3, 1, 2).float() * 10
+
+
+def test_evaluate_info_groups_slices_by_case(tmp_path):
+    info = open_dataset(write_dataset(tmp_path / "d", n_cases=3, slices=5, copies=0))
+    metrics, overlays = evaluate_info(ThresholdModel(), info, batch_size=4, hd95=True)
+    assert metrics["num_cases"] == 3 and metrics["num_slices"] == 15
+    assert set(metrics["per_case"]) == {"case00", "case01", "case02"}
+    assert metrics["mean_dice"] > 0.95
+    assert metrics["per_organ"]["disk"]["hd95_mean"] is not None
+    assert all(len(v) == 3 for v in overlays.values())
+    # predicting "disk" everywhere: square Dice is 0 wherever a square exists (false negatives)
+    bad, _ = evaluate_info(ThresholdModel(fixed=1), info, batch_size=4)
+    assert bad["per_organ"]["square"]["mean"] == 0.0
+    assert bad["per_organ"]["disk"]["mean"] < 0.4
