@@ -3,8 +3,9 @@
 The pipeline has three stages that overlap:
 
     main thread:  read/preprocess source slices -> chunks ............ write rows in order
-    executor:                         render copies + PNG-encode a chunk
-                                      (a thread for --workers 1, N spawned processes otherwise)
+    render:                           render copies of a chunk ... PNG-encode it
+                                      (--workers 1: a render thread, then an encode thread;
+                                       --workers N: N spawned processes that do both)
 
 Results come back in submission order and a single writer writes them, so shard boundaries and
 bytes do not depend on ``--workers``; every copy's seed comes from (build seed, sample_id, copy
@@ -20,7 +21,9 @@ import shlex
 import sys
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 from styleswap import contract
 from styleswap.errors import StyleSwapError
 from styleswap.generator import card, dataset, shards
-from styleswap.generator.engines.base import CopyRequest, Engine, get_engine
+from styleswap.generator.engines.base import CopyRequest, Engine, engine_class, get_engine
 from styleswap.generator.seeds import derive_seed
 from styleswap.generator.sources.base import SourceSlice
 
@@ -57,6 +60,8 @@ class BuildConfig:
     description: str | None = None
     preview: bool = True
     overwrite: bool = False
+    # where engines that train models (controlnet) keep them, keyed by data and settings
+    cache_dir: str = "models/cache"
 
     def validate(self) -> None:
         if self.copies < 0:
@@ -92,6 +97,20 @@ def open_slices(cfg: BuildConfig) -> tuple[dict[str, Any], Iterator[SourceSlice]
         src, labels=cfg.labels, size=cfg.size, keep_empty=cfg.keep_empty, modality=cfg.modality, seed=cfg.seed
     )
     return stream.info, stream.slices()
+
+
+def ingested_source(cfg: BuildConfig) -> Path:
+    """The source as a dataset folder: itself if it is one, else ingested once into the cache."""
+    src = cfg.source
+    if isinstance(src, str) and (Path(src) / contract.MANIFEST_NAME).exists():
+        return Path(src)
+    spec = {k: getattr(cfg, k) for k in ("source", "labels", "size", "keep_empty", "modality", "seed")}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = Path(cfg.cache_dir) / f"source-{key}"
+    if not (folder / contract.MANIFEST_NAME).exists():
+        run_build(replace(cfg, out=str(folder), engine="none", copies=0, engine_settings={}, preview=False,
+                          overwrite=False, format="parquet"), command="(ingested for an engine that trains on the source)")
+    return folder
 
 
 def chunked(items: Iterable[SourceSlice], n: int) -> Iterator[list[SourceSlice]]:
@@ -150,9 +169,15 @@ def render_chunk(slices: list[SourceSlice]) -> list[shards.Row]:
             prompts=[c.prompt for c in mine], seeds=[r.seed for r in reqs],
             engine=job["engine"], spacing=tuple(float(x) for x in s.spacing), split=s.split,
         )
-        if job["format"] == "parquet":
+        if job["encode"]:
             row.encode()
         rows.append(row)
+    return rows
+
+
+def encode_rows(rows: list[shards.Row]) -> list[shards.Row]:
+    for row in rows:
+        row.encode()
     return rows
 
 
@@ -170,9 +195,8 @@ def ordered_map(fn: Callable, items: Iterable, executor: Executor, window: int) 
 def make_executor(cfg: BuildConfig, engine_name: str, settings: dict[str, Any], job: dict[str, Any]) -> Executor:
     if cfg.workers == 1:
         # One render thread: torch and numpy release the GIL, so reading and writing in the main
-        # thread overlap with rendering.
-        ex = ThreadPoolExecutor(1, initializer=_init_worker, initargs=(engine_name, settings, job, None))
-        return ex
+        # thread (and PNG encoding in its own thread) overlap with rendering.
+        return ThreadPoolExecutor(1, initializer=_init_worker, initargs=(engine_name, settings, job, None))
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     # spawn, not fork: the parent may already run OpenMP threads (torch), which fork would break.
     ctx = multiprocessing.get_context("spawn")
@@ -188,9 +212,16 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
     """Build a dataset folder from ``cfg``; returns the manifest written to ``cfg.out``."""
     cfg.validate()
     out = Path(cfg.out)
-    engine = get_engine(cfg.engine, **cfg.engine_settings)  # validates settings before any work
     settings = dict(cfg.engine_settings)
-    job = {"copies": cfg.copies, "seed": cfg.seed, "format": cfg.format, "engine": cfg.engine}
+    cls = engine_class(cfg.engine)
+    if cls.needs_dataset:
+        cfg = replace(cfg, source=str(ingested_source(cfg)))
+    settings = cls.prepare(settings, Path(cfg.source) if cls.needs_dataset else None, Path(cfg.cache_dir))
+    engine = cls(**settings)  # validates settings before any work
+    # Parquet rows are PNG-encoded where they are rendered when that is a process of its own;
+    # with one worker a separate encode thread does it (PIL releases the GIL while compressing).
+    encode_here = cfg.format == "parquet" and cfg.workers > 1
+    job = {"copies": cfg.copies, "seed": cfg.seed, "encode": encode_here, "engine": cfg.engine}
     info, slices = open_slices(cfg)
     per_chunk = max(1, engine.batch_size // max(1, cfg.copies))
 
@@ -198,12 +229,17 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
         writers: dict[str, shards.ShardWriter] = {}
         stats = _Stats()
         executor = make_executor(cfg, cfg.engine, settings, job)
+        encoder = ThreadPoolExecutor(1) if cfg.format == "parquet" and not encode_here else None
         # disable=None: a bar on a terminal, none in logs and pipes; cleared on failure so that
         # an error stays the one line on stderr.
         bar = tqdm(desc=f"{cfg.engine} x{cfg.copies}", unit="slice", disable=None if progress else True,
                    file=sys.stderr, leave=True)
         try:
-            for rows in ordered_map(render_chunk, chunked(slices, per_chunk), executor, 2 * cfg.workers + 2):
+            window = 2 * cfg.workers + 2
+            stream = ordered_map(render_chunk, chunked(slices, per_chunk), executor, window)
+            if encoder is not None:
+                stream = ordered_map(encode_rows, stream, encoder, window)
+            for rows in stream:
                 for row in rows:
                     w = writers.get(row.split)
                     if w is None:
@@ -217,6 +253,8 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
         finally:
             bar.close()
             executor.shutdown(wait=True, cancel_futures=True)
+            if encoder is not None:
+                encoder.shutdown(wait=True, cancel_futures=True)
         if stats.rows == 0:
             raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")
         for w in writers.values():
