@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -45,6 +46,17 @@ class Engine(ABC):
     name: ClassVar[str]
     #: How many requests the pipeline hands to one ``render`` call.
     batch_size: int = 16
+    #: True when `prepare` needs the source as a dataset folder (the build ingests it first).
+    needs_dataset: ClassVar[bool] = False
+
+    @classmethod
+    def prepare(cls, settings: dict[str, Any], source_dir: Path | None, cache_dir: Path) -> dict[str, Any]:
+        """Once per build, in the main process, before any engine is constructed.
+
+        Engines that need trained models train what is missing here (cached under ``cache_dir``)
+        and return the settings that point at them. The default changes nothing.
+        """
+        return settings
 
     def __init__(self, **settings: Any) -> None:
         if settings:
