@@ -255,7 +255,7 @@ def test_png_folder(tmp_path):
 
 
 def test_phantom_goes_through_the_same_slicing(monkeypatch):
-    def generate_cases(num_cases: int, seed: int):
+    def generate_cases(num_cases: int, seed: int, modality: str = "CT"):
         for i in range(num_cases):
             image = np.full((16, 16, 4), -1000.0, dtype=np.float32)
             label = np.zeros((16, 16, 4), dtype=np.uint8)

@@ -100,3 +100,26 @@ def test_bad_arguments_raise_at_call(kwargs) -> None:
     args = {"num_cases": 1, "seed": 0} | kwargs
     with pytest.raises(StyleSwapError):
         generate_cases(**args)  # raised at the call, not at the first next()
+
+
+def test_mri_phantom_same_anatomy_other_style() -> None:
+    ct = next(iter(generate_cases(1, seed=5)))
+    mr = next(iter(generate_cases(1, seed=5, modality="MRI")))
+    # Content: the label volumes are identical; style: the tissue contrasts are not.
+    np.testing.assert_array_equal(ct.label, mr.label)
+    assert mr.modality == "MRI" and mr.case_id == "phantom_mri_000"
+
+    def med(v, lab):
+        return float(np.median(v.image[v.label == lab]))
+
+    spine_ct, spine_mr = ct.image.max(), mr.image[ct.image > 400]
+    assert float(np.median(spine_mr)) < med(mr, 1)  # bone: brightest in CT, dark on T2
+    assert spine_ct > 400
+    assert med(mr, 4) - med(mr, 1) > 200  # T2: spleen much brighter than liver
+    assert abs(med(ct, 4) - med(ct, 1)) < 40  # CT: similar enhancement
+    assert mr.image.min() >= 0  # MR magnitudes are non-negative
+
+
+def test_unknown_phantom_modality_is_refused() -> None:
+    with pytest.raises(StyleSwapError, match="modality"):
+        generate_cases(1, seed=0, modality="PET")

@@ -110,7 +110,7 @@ def _volumes(layout: Layout, label_map: LabelMap, modality: str, seed: int) -> I
     if layout.kind == "phantom":
         from styleswap.generator.sources.phantom import generate_cases  # lazy: only phantom builds need it
 
-        for volume in generate_cases(layout.num_phantom, seed=seed):
+        for volume in generate_cases(layout.num_phantom, seed=seed, modality=layout.modality or "CT"):
             # Phantom ids are project ids already; the check guards against a project label set
             # that differs from the phantom's.
             volume.label = label_map.apply(volume.label, f"phantom case {volume.case_id}")
@@ -121,8 +121,8 @@ def _volumes(layout: Layout, label_map: LabelMap, modality: str, seed: int) -> I
 
 
 def _resolve_modality(layout: Layout, modality: str | None) -> str:
-    if layout.kind == "phantom":  # the phantom is a CT by construction
-        return "CT"
+    if layout.kind == "phantom":  # the phantom's modality is part of its name
+        return layout.modality or "CT"
     if modality:  # the user's word wins; known aliases are spelled the project's way
         return normalize_modality(modality) or modality.strip()
     if layout.modality:

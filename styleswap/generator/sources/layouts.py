@@ -2,7 +2,8 @@
 
 Supported layouts (tried in this order for a single path):
 
-- ``phantom`` / ``phantom:N``: the built-in synthetic CT (no files).
+- ``phantom`` / ``phantom:N``: the built-in synthetic CT (no files); ``phantom-mri[:N]`` the same
+  anatomy with a T2-like MRI appearance (a demo target domain).
 - MSD: ``dataset.json`` with a ``training`` list of ``{"image": ..., "label": ...}``.
 - nnU-Net v2 raw: ``dataset.json`` + ``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz``
   (and ``imagesTs``/``labelsTs`` as the ``test`` split when labels exist).
@@ -31,7 +32,7 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 DEFAULT_PHANTOM_CASES = 8
 
 _PAIR_RE = re.compile(r"^(?P<image>.+?\.nii(?:\.gz)?):(?P<label>.+\.nii(?:\.gz)?)$", re.IGNORECASE)
-_PHANTOM_RE = re.compile(r"^phantom(?::(?P<n>.*))?$")
+_PHANTOM_RE = re.compile(r"^phantom(?P<mri>-mri)?(?::(?P<n>.*))?$")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def detect_layout(source: str | list[str]) -> Layout:
 
     m = _PHANTOM_RE.match(source)
     if m:
-        return _phantom(source, m["n"])
+        return _phantom(source, m["n"], "MRI" if m["mri"] else "CT")
     if _PAIR_RE.match(source) and not Path(source).exists():
         return _nifti_pairs([source])
 
@@ -113,7 +114,7 @@ def detect_layout(source: str | list[str]) -> Layout:
 # --- individual layouts ----------------------------------------------------------------------------
 
 
-def _phantom(source: str, n: str | None) -> Layout:
+def _phantom(source: str, n: str | None, modality: str = "CT") -> Layout:
     if n is None or n == "":
         num = DEFAULT_PHANTOM_CASES
     else:
@@ -123,7 +124,7 @@ def _phantom(source: str, n: str | None) -> Layout:
             num = 0
         if num < 1:
             raise StyleSwapError(f"{source}: phantom:N needs a positive integer number of cases, got {n!r}")
-    return Layout(kind="phantom", paths=[source], modality="CT", num_phantom=num)
+    return Layout(kind="phantom", paths=[source], modality=modality, num_phantom=num)
 
 
 def _nifti_pairs(items: list[str]) -> Layout:

@@ -41,10 +41,18 @@ from styleswap.contract import DEFAULT_LABELS
 from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.base import Volume
 
-# Organ values are those of a portal-venous contrast CT (like BTCV): enhanced organs stand out
-# from the fat-rich interior, as they do in the real source data.
-HU_AIR, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -100.0, -20.0, 700.0
-NOISE_HU = 10.0
+# Tissue values per modality. CT: a portal-venous contrast CT in HU (like BTCV): enhanced organs
+# stand out from the fat-rich interior. MRI: T2-weighted, fat-suppressed (SPIR, like CHAOS) in
+# arbitrary units: the liver is darker than the spleen and the kidneys, bone marrow is dark. The
+# anatomy is the same function of (seed, case); only the appearance (the style) differs.
+TISSUE = {
+    "CT": {"air": -1000.0, "fat": -100.0, "soft": -20.0, "bone": 700.0, "noise": 10.0,
+           "liver": 110.0, "spleen": 120.0, "kidney_right": 170.0, "kidney_left": 170.0},
+    "MRI": {"air": 0.0, "fat": 120.0, "soft": 170.0, "bone": 90.0, "noise": 18.0,
+            "liver": 260.0, "spleen": 620.0, "kidney_right": 700.0, "kidney_left": 700.0},
+}
+HU_AIR, HU_FAT, HU_SOFT, HU_BONE = (TISSUE["CT"][k] for k in ("air", "fat", "soft", "bone"))
+NOISE_HU = TISSUE["CT"]["noise"]
 
 
 def _ellipsoid(x, y, z, centre, radii, angle: float) -> np.ndarray:
@@ -61,8 +69,10 @@ def make_case(
     index: int,
     shape: tuple[int, int, int] = (96, 96, 32),
     spacing: tuple[float, float, float] = (3.0, 3.0, 5.0),
+    modality: str = "CT",
 ) -> Volume:
     """Phantom case ``index`` of the series seeded by ``seed`` (see the module docstring)."""
+    tissue = TISSUE[modality]
     rng = np.random.default_rng([int(seed), int(index)])
     nx, ny, nz = shape
     sx, sy, sz = spacing
@@ -91,9 +101,9 @@ def make_case(
     ri = ((xw - body_c[0]) / (body_r[0] - rim)) ** 2 + ((yw - body_c[1]) / (body_r[1] - rim)) ** 2
     inner = np.broadcast_to(ri <= 1.0, shape)
 
-    image = np.full(shape, HU_AIR, dtype=np.float32)
-    image[body] = HU_FAT
-    image[inner] = HU_SOFT
+    image = np.full(shape, tissue["air"], dtype=np.float32)
+    image[body] = tissue["fat"]
+    image[inner] = tissue["soft"]
     label = np.zeros(shape, dtype=np.uint8)
 
     bx, by = body_c
@@ -109,25 +119,30 @@ def make_case(
     for name, centre, radii, max_deg, hu in organs:
         angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
         m = _ellipsoid(xw, yw, z, centre, radii, angle) & inner
-        image[m] = hu + rng.normal(0, 4)  # per-case contrast jitter
+        image[m] = tissue[name] + rng.normal(0, 4) * tissue["noise"] / NOISE_HU  # per-case contrast jitter
         label[m] = DEFAULT_LABELS[name]
 
     # Vertebral body (a cylinder along z); bone is not a label, so it clears what it covers.
     spine = np.broadcast_to(((xw - bx) / 18.0) ** 2 + ((yw - spine_y) / 16.0) ** 2 <= 1.0, shape)
-    image[spine] = HU_BONE
+    image[spine] = tissue["bone"]
     label[spine] = 0
 
     # Partial-volume blur in-plane only (slices are thick), then scanner noise.
     image = gaussian_filter(image, sigma=(0.7, 0.7, 0.0), mode="nearest")
-    image += rng.normal(0.0, NOISE_HU, size=shape).astype(np.float32)
+    image += rng.normal(0.0, tissue["noise"], size=shape).astype(np.float32)
+    if modality == "MRI":
+        # Receive-coil shading: a smooth multiplicative bias across the field of view.
+        bias = 1.0 + 0.25 * np.sin(x / 90.0 + jitter(0, 6.3)) * np.cos(y / 110.0 + jitter(0, 6.3))
+        image = np.clip(image * bias.astype(np.float32), 0, None)
+    prefix = "phantom" if modality == "CT" else "phantom_mri"
     return Volume(
-        case_id=f"phantom_{index:03d}",
+        case_id=f"{prefix}_{index:03d}",
         image=image.astype(np.float32, copy=False),
         label=label,
         spacing=(float(sx), float(sy), float(sz)),
-        modality="CT",
+        modality=modality,
         split="train",
-        path=f"phantom(seed={seed}, case={index})",
+        path=f"{prefix}(seed={seed}, case={index})",
     )
 
 
@@ -136,6 +151,7 @@ def generate_cases(
     seed: int,
     shape: tuple[int, int, int] = (96, 96, 32),
     spacing: tuple[float, float, float] = (3.0, 3.0, 5.0),
+    modality: str = "CT",
 ) -> Iterator[Volume]:
     """Yield ``num_cases`` phantom volumes ``phantom_000``, ``phantom_001``, ... (RAS+, HU, labels)."""
     if isinstance(num_cases, bool) or not isinstance(num_cases, (int, np.integer)) or num_cases < 0:
@@ -148,5 +164,7 @@ def generate_cases(
     spacing = tuple(spacing)  # type: ignore[assignment]
     if len(spacing) != 3 or any(not isinstance(s, (int, float)) or not s > 0 for s in spacing):
         raise StyleSwapError(f"phantom: spacing must be three positive numbers (mm), got {spacing!r}")
+    if modality not in TISSUE:
+        raise StyleSwapError(f"phantom: modality must be one of {', '.join(TISSUE)}, got {modality!r}")
     # Validate now, not at the first next(): the caller's error should point at the call.
-    return (make_case(int(seed), i, shape, spacing) for i in range(int(num_cases)))  # type: ignore[arg-type]
+    return (make_case(int(seed), i, shape, spacing, modality) for i in range(int(num_cases)))  # type: ignore[arg-type]
