@@ -46,6 +46,10 @@ DATA_DIR = "data"
 FORMATS = ("parquet", "hdf5")
 SHARD_SUFFIX = {"parquet": ".parquet", "hdf5": ".h5"}
 
+#: Rows per Parquet row group, and per HDF5 read unit: readers that shuffle by unit (the trainer)
+#: then see the same units, hence the same order, in either format.
+ROW_GROUP_SIZE = 32
+
 #: The project's label set. Ids are what masks hold; names are what users and cards read.
 DEFAULT_LABELS: dict[str, int] = {
     "background": 0,

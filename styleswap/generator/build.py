@@ -109,7 +109,8 @@ def ingested_source(cfg: BuildConfig) -> Path:
     folder = Path(cfg.cache_dir) / f"source-{key}"
     if not (folder / contract.MANIFEST_NAME).exists():
         run_build(replace(cfg, out=str(folder), engine="none", copies=0, engine_settings={}, preview=False,
-                          overwrite=False, format="parquet"), command="(ingested for an engine that trains on the source)")
+                          overwrite=False, format="parquet"), command="(source ingested for the build)",
+                  distributed=False)  # in a distributed build only rank 0 gets here
     return folder
 
 
@@ -211,86 +212,114 @@ def make_executor(cfg: BuildConfig, engine_name: str, settings: dict[str, Any], 
 # --- the whole build ---------------------------------------------------------------------------
 
 
-def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Build a dataset folder from ``cfg``; returns the manifest written to ``cfg.out``."""
+def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = True,
+              distributed: bool | None = None) -> dict[str, Any]:
+    """Build a dataset folder from ``cfg``; returns the manifest written to ``cfg.out``.
+
+    Launched as several processes (``accelerate launch`` or ``torchrun``: ``WORLD_SIZE`` > 1),
+    each rank renders its share of the shards and rank 0 writes the manifest (`run_distributed`).
+    """
     cfg.validate()
-    out = Path(cfg.out)
-    settings = dict(cfg.engine_settings)
+    if distributed is None:
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        from styleswap.generator.distributed import run_distributed
+
+        return run_distributed(cfg, command, progress)
+    cfg, engine, settings = prepare_engine(cfg)
+    info, slices = open_slices(cfg)
+    with dataset.output_folder(Path(cfg.out), overwrite=cfg.overwrite) as staging:
+        writers: dict[str, shards.ShardWriter] = {}
+        stats = _Stats()
+        for row in render_rows(cfg, engine, settings, slices, progress):
+            w = writers.get(row.split)
+            if w is None:
+                w = writers[row.split] = shards.ShardWriter(staging, row.split, cfg.format, cfg.rows_per_shard)
+            w.add(row)
+            stats.add(row)
+        for w in writers.values():
+            w.close()
+        return finish_build(cfg, list(writers.values()), stats, info, engine, command)
+
+
+def prepare_engine(cfg: BuildConfig) -> tuple[BuildConfig, Engine, dict[str, Any]]:
+    """Let the engine train what it needs, then construct it (which validates its settings)."""
     cls = engine_class(cfg.engine)
     if cls.needs_dataset:
         cfg = replace(cfg, source=str(ingested_source(cfg)))
-    settings = cls.prepare(settings, Path(cfg.source) if cls.needs_dataset else None, Path(cfg.cache_dir))
-    engine = cls(**settings)  # validates settings before any work
+    settings = cls.prepare(dict(cfg.engine_settings), Path(cfg.source) if cls.needs_dataset else None,
+                           Path(cfg.cache_dir))
+    return cfg, cls(**settings), settings
+
+
+def render_rows(cfg: BuildConfig, engine: Engine, settings: dict[str, Any], slices: Iterable[SourceSlice],
+                progress: bool = True) -> Iterator[shards.Row]:
+    """Rows with their copies, in source order, rendered by the executor(s) of ``cfg.workers``."""
     # Parquet rows are PNG-encoded where they are rendered when that is a process of its own;
     # with one worker a separate encode thread does it (PIL releases the GIL while compressing).
     encode_here = cfg.format == "parquet" and cfg.workers > 1
     job = {"copies": cfg.copies, "seed": cfg.seed, "encode": encode_here, "engine": cfg.engine}
-    info, slices = open_slices(cfg)
     per_chunk = max(1, engine.batch_size // max(1, cfg.copies))
+    executor = make_executor(cfg, cfg.engine, settings, job)
+    encoder = ThreadPoolExecutor(1) if cfg.format == "parquet" and not encode_here else None
+    # disable=None: a bar on a terminal, none in logs and pipes; cleared on failure so that an
+    # error stays the one line on stderr.
+    bar = tqdm(desc=f"{cfg.engine} x{cfg.copies}", unit="slice", disable=None if progress else True,
+               file=sys.stderr, leave=True)
+    try:
+        window = 2 * cfg.workers + 2
+        stream = ordered_map(render_chunk, chunked(slices, per_chunk), executor, window)
+        if encoder is not None:
+            stream = ordered_map(encode_rows, stream, encoder, window)
+        for rows in stream:
+            yield from rows
+            bar.update(len(rows))
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+        executor.shutdown(wait=True, cancel_futures=True)
+        if encoder is not None:
+            encoder.shutdown(wait=True, cancel_futures=True)
 
-    with dataset.output_folder(out, overwrite=cfg.overwrite) as staging:
-        writers: dict[str, shards.ShardWriter] = {}
-        stats = _Stats()
-        executor = make_executor(cfg, cfg.engine, settings, job)
-        encoder = ThreadPoolExecutor(1) if cfg.format == "parquet" and not encode_here else None
-        # disable=None: a bar on a terminal, none in logs and pipes; cleared on failure so that
-        # an error stays the one line on stderr.
-        bar = tqdm(desc=f"{cfg.engine} x{cfg.copies}", unit="slice", disable=None if progress else True,
-                   file=sys.stderr, leave=True)
-        try:
-            window = 2 * cfg.workers + 2
-            stream = ordered_map(render_chunk, chunked(slices, per_chunk), executor, window)
-            if encoder is not None:
-                stream = ordered_map(encode_rows, stream, encoder, window)
-            for rows in stream:
-                for row in rows:
-                    w = writers.get(row.split)
-                    if w is None:
-                        w = writers[row.split] = shards.ShardWriter(staging, row.split, cfg.format, cfg.rows_per_shard)
-                    w.add(row)
-                    stats.add(row)
-                bar.update(len(rows))
-        except BaseException:
-            bar.leave = False
-            raise
-        finally:
-            bar.close()
-            executor.shutdown(wait=True, cancel_futures=True)
-            if encoder is not None:
-                encoder.shutdown(wait=True, cancel_futures=True)
-        if stats.rows == 0:
-            raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")
-        for w in writers.values():
-            w.close()
-        if cfg.overwrite:
-            dataset.clear_previous(out)
-        ordered = [writers[s] for s in sorted(writers, key=_split_order)]
-        entries = shards.finalize_shards(out, ordered)
-        manifest = {
-            "tool": dataset.TOOL,
-            "format_version": contract.FORMAT_VERSION,
-            "command": command or "",
-            "recipe": _jsonable(asdict(cfg)),
-            "source": info,
-            "labels": info.get("labels", contract.DEFAULT_LABELS),
-            "engine": {"name": cfg.engine, "settings": engine.describe()},
-            "copies": cfg.copies,
-            "seed": cfg.seed,
-            "format": cfg.format,
-            "rows_per_shard": cfg.rows_per_shard,
-            "image_size": list(stats.shape) if stats.shape else None,
-            "splits": {s: {"num_rows": sum(e["num_rows"] for e in entries if e["split"] == s),
-                           "num_shards": sum(1 for e in entries if e["split"] == s)} for s in writers},
-            "counts": stats.summary(info.get("labels", contract.DEFAULT_LABELS)),
-            "versions": dataset.package_versions(),
-            "shards": entries,
-        }
-        if cfg.preview:
-            from styleswap.generator.preview_dataset import write_preview
 
-            write_preview(out, manifest, out / "preview.png")
-        card.write_card(out, manifest, license=cfg.license, description=cfg.description)
-        dataset.write_json_atomic(out / contract.MANIFEST_NAME, manifest)  # the commit point
+def finish_build(cfg: BuildConfig, writers: list[shards.ShardWriter], stats: "_Stats", info: dict[str, Any],
+                 engine: Engine, command: str | None) -> dict[str, Any]:
+    """Move staged shards to their final names, then preview, card, and manifest.json last."""
+    out = Path(cfg.out)
+    if stats.rows == 0:
+        raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")
+    if cfg.overwrite:
+        dataset.clear_previous(out)
+    ordered = sorted(writers, key=lambda w: _split_order(w.split))
+    entries = shards.finalize_shards(out, ordered)
+    labels = info.get("labels", contract.DEFAULT_LABELS)
+    manifest = {
+        "tool": dataset.TOOL,
+        "format_version": contract.FORMAT_VERSION,
+        "command": command or "",
+        "recipe": _jsonable(asdict(cfg)),
+        "source": info,
+        "labels": labels,
+        "engine": {"name": cfg.engine, "settings": engine.describe()},
+        "copies": cfg.copies,
+        "seed": cfg.seed,
+        "format": cfg.format,
+        "rows_per_shard": cfg.rows_per_shard,
+        "image_size": list(stats.shape) if stats.shape else None,
+        "splits": {w.split: {"num_rows": sum(e["num_rows"] for e in entries if e["split"] == w.split),
+                             "num_shards": sum(1 for e in entries if e["split"] == w.split)} for w in ordered},
+        "counts": stats.summary(labels),
+        "versions": dataset.package_versions(),
+        "shards": entries,
+    }
+    if cfg.preview:
+        from styleswap.generator.preview_dataset import write_preview
+
+        write_preview(out, manifest, out / "preview.png")
+    card.write_card(out, manifest, license=cfg.license, description=cfg.description)
+    dataset.write_json_atomic(out / contract.MANIFEST_NAME, manifest)  # the commit point
     return manifest
 
 
@@ -310,6 +339,17 @@ class _Stats:
         for v in np.unique(row.mask):
             if v:
                 self.label_slices[int(v)] = self.label_slices.get(int(v), 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "cases": sorted(self.cases), "label_slices": self.label_slices,
+                "shape": list(self.shape) if self.shape else None}
+
+    def merge_json(self, d: dict[str, Any]) -> None:
+        self.rows += d["rows"]
+        self.cases.update(d["cases"])
+        for k, n in d["label_slices"].items():
+            self.label_slices[int(k)] = self.label_slices.get(int(k), 0) + n
+        self.shape = self.shape or (tuple(d["shape"]) if d["shape"] else None)
 
     def summary(self, labels: dict[str, int]) -> dict[str, Any]:
         names = {v: k for k, v in labels.items()}

@@ -123,13 +123,24 @@ def iter_rows(folder: Path, columns=None, split: str | None = None) -> Iterator[
             yield from shards.iter_shard_rows(shard_path(folder, entry), columns)
 
 
-def iter_source_slices(folder: Path) -> Iterator[SourceSlice]:
-    """A dataset folder read back as source slices (to build copies from an ingested dataset)."""
+def iter_source_slices(folder: Path, select=None) -> Iterator[SourceSlice]:
+    """A dataset folder read back as source slices (to build copies from an ingested dataset).
+
+    ``select(split, position_in_split) -> bool`` keeps only some rows; the others are skipped
+    without decoding their images (a distributed rank reads only its share).
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     cols = ["sample_id", "case_id", "slice_index", "modality", "image", "mask", "spacing"]
+    position: dict[str, int] = {}
     for entry in manifest["shards"]:
-        for r in shards.iter_shard_rows(shard_path(folder, entry), cols):
+        split = entry["split"]
+        for raw in shards.iter_shard_rows(shard_path(folder, entry), cols, decode=False):
+            pos = position.get(split, 0)
+            position[split] = pos + 1
+            if select is not None and not select(split, pos):
+                continue
+            r = shards.decode_row(raw)
             yield SourceSlice(
                 sample_id=r["sample_id"], case_id=r["case_id"], slice_index=r["slice_index"],
                 modality=r["modality"], image=r["image"], mask=r["mask"],

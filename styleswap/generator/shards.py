@@ -21,7 +21,7 @@ from styleswap.errors import StyleSwapError
 
 #: Rows per Parquet row group: small enough that a streaming reader holds little, large enough
 #: that per-group overhead is negligible (a 192x192 row with 4 copies is ~100 KB of PNG).
-ROW_GROUP_SIZE = 32
+ROW_GROUP_SIZE = contract.ROW_GROUP_SIZE
 
 
 @dataclass
@@ -176,18 +176,19 @@ class _HDF5Shard:
 class ShardWriter:
     """Splits a stream of rows of one split into shards of ``rows_per_shard`` rows in ``staging``."""
 
-    def __init__(self, staging: Path, split: str, fmt: str, rows_per_shard: int) -> None:
+    def __init__(self, staging: Path, split: str, fmt: str, rows_per_shard: int, first_index: int = 0) -> None:
         if fmt not in contract.FORMATS:
             raise StyleSwapError(f"--format must be one of {', '.join(contract.FORMATS)}, got {fmt!r}")
         if rows_per_shard < 1:
             raise StyleSwapError(f"--rows-per-shard must be at least 1, got {rows_per_shard}")
         self.staging, self.split, self.fmt, self.rows_per_shard = staging, split, fmt, rows_per_shard
+        self.first_index = first_index  # a distributed rank starts at the global index of its shard
         self.done: list[tuple[Path, int]] = []  # complete shards in staging and their row counts
         self._shard = None
         self._rows = 0
 
     def _open(self) -> None:
-        index = len(self.done)
+        index = self.first_index + len(self.done)
         tmp = self.staging / f"{self.split}-{index:05d}{contract.SHARD_SUFFIX[self.fmt]}.tmp"
         self._shard = _ParquetShard(tmp) if self.fmt == "parquet" else _HDF5Shard(tmp)
         self._rows = 0
@@ -252,8 +253,21 @@ def count_rows(path: Path) -> int:
         return int(f["sample_id"].shape[0]) if "sample_id" in f else 0
 
 
-def iter_shard_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of one shard with images decoded to arrays, one row group at a time."""
+def decode_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """Decode the PNG columns of a raw Parquet row (as `iter_shard_rows(decode=False)` gives)."""
+    for key in ("image", "mask"):
+        if key in rec and isinstance(rec[key], dict):
+            rec[key] = contract.decode_png(rec[key]["bytes"])
+    if "augmented" in rec and rec["augmented"] and isinstance(rec["augmented"][0], dict):
+        rec["augmented"] = [contract.decode_png(a["bytes"]) for a in rec["augmented"]]
+    return rec
+
+
+def iter_shard_rows(path: Path, columns: Sequence[str] | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
+    """Rows of one shard with images decoded to arrays, one row group at a time.
+
+    ``decode=False`` leaves Parquet images as PNG structs, for readers that skip most rows.
+    """
     cols = list(columns) if columns else list(contract.COLUMNS)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -261,12 +275,7 @@ def iter_shard_rows(path: Path, columns: Sequence[str] | None = None) -> Iterato
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=ROW_GROUP_SIZE, columns=cols):
             for rec in batch.to_pylist():
-                for key in ("image", "mask"):
-                    if key in rec:
-                        rec[key] = contract.decode_png(rec[key]["bytes"])
-                if "augmented" in rec:
-                    rec["augmented"] = [contract.decode_png(a["bytes"]) for a in rec["augmented"]]
-                yield rec
+                yield decode_row(rec) if decode else rec
         return
     import h5py
 

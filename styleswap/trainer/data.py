@@ -40,11 +40,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
+from styleswap.trainer.hub import resolve_dataset
 
 #: Columns the trainer reads. The others (modality, prompts, seeds, engine) are not needed to
 #: train, so a user's own folder without them still works.
 REQUIRED_COLUMNS = ("sample_id", "case_id", "slice_index", "image", "mask", "augmented", "spacing")
-H5_BLOCK_ROWS = 64
+#: HDF5 read unit = the Parquet writer's row group, so both formats shuffle identically.
+H5_BLOCK_ROWS = contract.ROW_GROUP_SIZE
 
 
 @dataclass(frozen=True)
@@ -122,14 +124,15 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
     """Validate a dataset folder and describe it.
 
     Args:
-        path: folder holding ``manifest.json`` and ``data/``.
+        path: folder holding ``manifest.json`` and ``data/``, or a Hub dataset ``hf://USER/NAME``
+            (downloaded into the Hugging Face cache first, see `styleswap.trainer.hub`).
         split: keep only shards of this split (``None``: all shards).
 
     Raises:
         StyleSwapError: no manifest, unreadable manifest, no labels, missing shard file, missing
             column, no rows, or images of different sizes.
     """
-    root = Path(path)
+    root = resolve_dataset(path)
     mpath = root / contract.MANIFEST_NAME
     if not mpath.is_file():
         raise StyleSwapError(f"{root}: not a dataset folder (no {contract.MANIFEST_NAME})")
