@@ -1,13 +1,22 @@
-"""The dataset card (README.md): YAML front matter the Hub and `datasets.load_dataset` read."""
+"""The dataset card (README.md): YAML front matter the Hub and `datasets.load_dataset` read, and a
+body that says what the data is, how it was made and how to use it.
+
+`render_card` is pure (manifest in, text out) so that `augment push --dry-run` can show the card
+without touching the folder; `write_card` writes it next to the shards.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from styleswap import contract
+
+#: Hub license ids are lowercase SPDX-like identifiers ("cc-by-4.0", "apache-2.0", "other").
+LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 
 def size_category(n: int) -> str:
@@ -17,77 +26,190 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
+def _source_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The raw source's description, following ``upstream`` through datasets built from datasets."""
+    src = manifest.get("source") or {}
+    while src.get("layout") == "styleswap-dataset" and src.get("upstream"):
+        src = src["upstream"]
+    return src
+
+
+def modalities(manifest: dict[str, Any]) -> list[str]:
+    mod = _source_info(manifest).get("modality") or manifest.get("modality") or "CT"
+    return sorted({str(mod)})
+
+
+def recorded_license(manifest: dict[str, Any]) -> str | None:
+    """The license recorded at build time (``augment build --license``), if any."""
+    return (manifest.get("recipe") or {}).get("license") or None
+
+
 def front_matter(manifest: dict[str, Any], license: str | None) -> dict[str, Any]:
     splits = sorted({e["split"] for e in manifest["shards"]})
     ext = contract.SHARD_SUFFIX[manifest["format"]]
-    modalities = sorted({manifest.get("source", {}).get("modality") or "CT"})
-    meta: dict[str, Any] = {
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": s, "path": f"{contract.DATA_DIR}/{s}-*{ext}"} for s in splits],
-            }
-        ],
-        "task_categories": ["image-segmentation"],
-        "tags": ["medical", "synthetic", "styleswap", *[m.lower() for m in modalities]],
-        "size_categories": [size_category(manifest["counts"]["slices"])],
-    }
+    meta: dict[str, Any] = {}
     if license:
         meta["license"] = license
+    meta.update(
+        {
+            "task_categories": ["image-segmentation"],
+            "tags": ["medical", "synthetic", "styleswap", *[m.lower() for m in modalities(manifest)]],
+            "size_categories": [size_category(manifest["counts"]["slices"])],
+            "configs": [
+                {
+                    "config_name": "default",
+                    "data_files": [{"split": s, "path": f"{contract.DATA_DIR}/{s}-*{ext}"} for s in splits],
+                }
+            ],
+        }
+    )
     if manifest["format"] == "parquet":
-        feats = contract.hf_features()
+        # The features of the shards themselves (their Arrow schema carries the same), so the Hub's
+        # viewer and `load_dataset` decode images without guessing.
         meta["dataset_info"] = {
-            "features": feats._to_yaml_list(),
-            "splits": [{"name": s, "num_examples": manifest["splits"][s]["num_rows"]} for s in splits],
+            "features": contract.hf_features()._to_yaml_list(),
+            "splits": [
+                {"name": s, "num_bytes": sum(e["bytes"] for e in manifest["shards"] if e["split"] == s),
+                 "num_examples": manifest["splits"][s]["num_rows"]}
+                for s in splits
+            ],
+            "download_size": sum(e["bytes"] for e in manifest["shards"]),
         }
     return meta
 
 
-def write_card(out: Path, manifest: dict[str, Any], license: str | None = None, description: str | None = None) -> Path:
+def _yaml_block(obj: Any) -> list[str]:
+    return ["```yaml", yaml.safe_dump(obj, sort_keys=False).rstrip() if obj else "{}", "```"]
+
+
+def _model_lines(settings: dict[str, Any]) -> list[str]:
+    """Model ids and their content hashes (controlnet engine), for reproducibility."""
+    hashes = settings.get("model_sha256") or {}
+    lines = []
+    for key in ("base_model", "unet", "controlnet"):
+        if settings.get(key):
+            digest = hashes.get(key)
+            lines.append(f"- `{key}`: `{settings[key]}`" + (f" (sha256 `{digest}`)" if digest else ""))
+    return lines
+
+
+def render_card(
+    manifest: dict[str, Any],
+    *,
+    title: str,
+    license: str | None = None,
+    description: str | None = None,
+    repo_id: str | None = None,
+    has_preview: bool = False,
+) -> str:
+    """The full README.md text of a dataset (front matter + body)."""
+    license = license or recorded_license(manifest)
+    description = description or (manifest.get("recipe") or {}).get("description")
     meta = front_matter(manifest, license)
     labels = manifest["labels"]
     engine = manifest["engine"]
+    settings = engine.get("settings") or {}
+    src = _source_info(manifest)
+    counts = manifest["counts"]
+    where = repo_id or "<this folder>"
+    hub = f"hf://{repo_id}" if repo_id else "hf://USER/NAME"
+    prompts = {k: v for k, v in settings.items() if "prompt" in k}
+    src_paths = src.get("paths") or ([src["path"]] if src.get("path") else [])
+    src_license = src.get("license") or src.get("licence")
     lines = [
         "---",
         yaml.safe_dump(meta, sort_keys=False).rstrip(),
         "---",
-        f"# {Path(out).name}",
+        f"# {title}",
         "",
         description
         or "Style-intervened copies of medical image slices for single-source cross-modality segmentation, "
-        "built with StyleSwap (`augment build`).",
+        "built with StyleSwap (`augment build`). Each row is one source slice with its label mask and K copies "
+        "whose appearance (style) was changed while the anatomy (content) was kept.",
         "",
-        f"- Source: `{manifest['source'].get('layout', '?')}` {manifest['source'].get('path', '')}",
-        f"- Engine: `{engine['name']}`, {manifest['copies']} copies per slice, build seed {manifest['seed']}",
-        f"- Slices: {manifest['counts']['slices']} from {manifest['counts']['cases']} cases, "
-        f"image size {manifest.get('image_size')}",
-        f"- Format: {manifest['format']}, {len(manifest['shards'])} shard(s)",
+        "## What the data is",
+        "",
+        f"- License of this dataset: `{license or 'not recorded'}`",
+        f"- Source data: `{src.get('layout', '?')}` {', '.join(str(p) for p in src_paths)}".rstrip()
+        + (f" (source license: `{src_license}`)" if src_license else " (source license: not recorded; check it before use)"),
+        f"- Modality of the originals: {', '.join(modalities(manifest))}",
+        f"- Slices: {counts['slices']} from {counts['cases']} cases, image size {manifest.get('image_size')}",
+        f"- Style engine: `{engine['name']}`, {manifest['copies']} copies per slice",
+        f"- Build seed: {manifest['seed']}; every copy's seed derives from (build seed, sample_id, copy index) "
+        "and is stored in the `seeds` column",
+        f"- Format: {manifest['format']}, {len(manifest['shards'])} shard(s) under `{contract.DATA_DIR}/`",
+    ]
+    if manifest.get("converted_from"):
+        cf = manifest["converted_from"]
+        lines.append(f"- Converted from {cf.get('format')} (`augment convert`), shards listed with their sha256 in manifest.json")
+    lines += [
+        "",
+        "Masks are uint8 label maps (grayscale PNG); pixel values are label ids:",
         "",
         "| label | id | slices containing it |",
         "|---|---|---|",
         *[
-            f"| {name} | {i} | {manifest['counts']['slices_with_label'].get(name, 0) if i else '-'} |"
-            for name, i in labels.items()
+            f"| {name} | {i} | {counts['slices_with_label'].get(name, 0) if i else '-'} |"
+            for name, i in sorted(labels.items(), key=lambda kv: kv[1])
         ],
         "",
-        "Built with:",
+        "## How it was made",
+        "",
+        "Command:",
         "",
         f"    {manifest.get('command') or 'augment build'}",
         "",
         "Engine settings:",
         "",
-        "```yaml",
-        yaml.safe_dump(engine.get("settings", {}), sort_keys=False).rstrip() or "{}",
+        *_yaml_block(settings),
+        "",
+    ]
+    models = _model_lines(settings)
+    if models:
+        lines += ["Models:", "", *models, ""]
+    if prompts:
+        lines += ["Prompt set:", "", *_yaml_block(prompts), ""]
+    if manifest.get("recipe"):
+        lines += ["Recipe (every build setting; `augment build recipe.yaml` rebuilds it):", "", *_yaml_block(manifest["recipe"]), ""]
+    if has_preview:
+        lines += ["## Preview", "", "Per row: the original, its mask in fixed organ colours, its copies.", "",
+                  "![preview](preview.png)", ""]
+    lines += [
+        "## How to use it",
+        "",
+        "```python",
+        "import datasets",
+        f'ds = datasets.load_dataset("{where}", split="train")',
+        'row = ds[0]  # row["image"], row["mask"]: PIL images; row["augmented"]: list of PIL images',
         "```",
         "",
-    ]
-    if (Path(out) / "preview.png").exists():
-        lines += ["![preview](preview.png)", ""]
-    lines += [
-        "Load it with `datasets.load_dataset(\"<this folder or repo id>\")`, or train on it with",
-        "`train seg --data <this folder>`.",
+        "Train a segmentation network on it (the dataset is downloaded into the Hugging Face cache):",
+        "",
+        f"    train seg --data {hub} --out runs/NAME",
+        "",
+        f"or after a download (`hf download {repo_id or 'USER/NAME'} --repo-type dataset --local-dir DIR`): "
+        "`train seg --data DIR --out runs/NAME`.",
+        "",
+        "Columns, per-shard row counts and sha256 are in `manifest.json`; `augment verify DIR` checks them.",
         "",
     ]
-    path = Path(out) / contract.CARD_NAME
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def write_card(
+    out: Path,
+    manifest: dict[str, Any],
+    license: str | None = None,
+    description: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    out = Path(out)
+    text = render_card(
+        manifest, title=repo_id or out.name, license=license, description=description, repo_id=repo_id,
+        has_preview=(out / "preview.png").is_file(),
+    )
+    path = out / contract.CARD_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
     return path

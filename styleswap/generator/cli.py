@@ -92,8 +92,14 @@ def build(
     license: Annotated[Optional[str], typer.Option(help="License of the data, recorded in the dataset card.")] = None,
     overwrite: OverwriteOpt = False,
     preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where trained models (controlnet) and ingested sources are cached. (default: models/cache)")] = None,
 ) -> None:
-    """Render K style-intervened copies of every source slice into shards + manifest.json."""
+    """Render K style-intervened copies of every source slice into shards + manifest.json.
+
+    Several processes: `torchrun --nproc_per_node N -m styleswap.generator.cli build ...` or
+    `accelerate launch -m styleswap.generator.cli build ...` split the shards between ranks
+    (one per GPU); the result is byte-identical to one process.
+    """
     from styleswap.generator.build import command_line, run_build
     from styleswap.generator.recipe import load_recipe, make_config
 
@@ -110,7 +116,7 @@ def build(
         _flags(source=source, out=str(out) if out else None, engine=engine, copies=copies, format=fmt,
                rows_per_shard=rows_per_shard, workers=workers, seed=seed, labels=labels, size=size,
                keep_empty=keep_empty, modality=modality, license=license, preview=preview,
-               overwrite=overwrite or None),
+               overwrite=overwrite or None, cache_dir=str(cache_dir) if cache_dir else None),
     )
     if not recipe and out is None:
         raise StyleSwapError("give a recipe (augment build manifests/demo.yaml) or --out")
@@ -141,6 +147,44 @@ def verify(folder: Annotated[Path, typer.Argument(help="A dataset folder.")]) ->
 
     summary = verify_folder(folder)
     typer.echo(f"ok: {summary['shards']} shards, {summary['rows']} rows match {folder}/manifest.json")
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="A dataset folder (checked with 'augment verify' first).")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, NAMESPACE/NAME.")],
+    license: Annotated[Optional[str], typer.Option(help="Hub license id (e.g. cc-by-4.0, other). Default: the one recorded at build time; required.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private (ignored if it exists).")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created if missing). Default: main.")] = None,
+    message: Annotated[Optional[str], typer.Option(help="Commit message.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and print the card; send nothing.")] = False,
+) -> None:
+    """Publish a dataset folder to the Hugging Face Hub (token from HF_TOKEN or 'hf auth login')."""
+    from styleswap.generator.push import format_ops, prepare_push, push_dataset
+
+    if dry_run:
+        pp = prepare_push(folder, repo_id, license)
+        for line in format_ops(pp.ops):
+            typer.echo(line)
+        typer.echo(pp.card)
+        typer.echo(f"dry run: {len(pp.ops)} files would be sent to datasets/{repo_id}; nothing was sent")
+        return
+    ops = push_dataset(folder, repo_id, license=license, private=private, revision=revision, message=message)
+    typer.echo(f"pushed {len(ops)} files to https://huggingface.co/datasets/{repo_id}")
+
+
+@app.command()
+def convert(
+    folder: Annotated[Path, typer.Argument(help="A dataset folder.")],
+    to: Annotated[str, typer.Option("--to", help="Target format: hdf5 or parquet.")],
+    out: OutOpt,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Convert a dataset between Parquet and HDF5, losslessly, with the same shard boundaries."""
+    from styleswap.generator.convert import convert_dataset
+
+    manifest = convert_dataset(folder, out, to, overwrite=overwrite)
+    _summary(out, manifest)
 
 
 def _summary(out: Path, manifest: dict[str, Any]) -> None:
