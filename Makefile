@@ -28,7 +28,6 @@ demo: setup
 	$(BIN)/train seg --data out/demo --val out/demo-val --out runs/demo --loss dice+infonce \
 		--steps $(DEMO_STEPS) --batch-size 8 --val-every 100 --seed 0
 	$(BIN)/train eval --model runs/demo --data out/demo-mri --out runs/demo/eval-mri
-	@cat runs/demo/eval-mri/metrics.md
 	@echo "preview: out/demo/preview.png  curves: runs/demo/curves.png  predictions: runs/demo/eval-mri/predictions.png"
 
 test: setup
@@ -36,6 +35,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_render.py
+
+# The CT -> MRI experiment on ../shared/data (long: about an hour per row at the full budget).
+bench-cross: setup
+	$(BIN)/python bench/cross_modality.py
 
 clean:
 	rm -rf out runs bench/results .pytest_cache
