@@ -47,30 +47,17 @@ def write_dataset(folder: Path, n: int = 4, size: int = 48, modality: str = "CT"
         rows["seeds"].append([])
         rows["engine"].append("none")
         rows["spacing"].append([1.0, 1.0, 3.0])
-    img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("case_id", pa.string()),
-            ("slice_index", pa.int32()),
-            ("modality", pa.string()),
-            ("image", img_t),
-            ("mask", img_t),
-            ("augmented", pa.list_(img_t)),
-            ("prompts", pa.list_(pa.string())),
-            ("seeds", pa.list_(pa.int64())),
-            ("engine", pa.string()),
-            ("spacing", pa.list_(pa.float32())),
-        ]
-    )
+    schema = contract.hf_features().arrow_schema  # the contract's own Parquet schema
     table = pa.table(rows, schema=schema)
     name = f"{contract.DATA_DIR}/{contract.shard_name('train', 0, 1, 'parquet')}"
     pq.write_table(table, folder / name)
     digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     manifest = {
+        "tool": "styleswap",
         "format_version": contract.FORMAT_VERSION,
+        "format": "parquet",
         "labels": dict(contract.DEFAULT_LABELS),
-        "shards": [{"path": name, "rows": n, "sha256": digest}],
+        "shards": [{"path": name, "split": "train", "num_rows": n, "sha256": digest}],
     }
     (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return folder

@@ -74,21 +74,10 @@ def write_parquet(path: Path, rows: list[dict], rows_per_group: int, drop_column
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    fields = [
-        ("sample_id", pa.string()),
-        ("case_id", pa.string()),
-        ("slice_index", pa.int32()),
-        ("modality", pa.string()),
-        ("image", img_t),
-        ("mask", img_t),
-        ("augmented", pa.list_(img_t)),
-        ("prompts", pa.list_(pa.string())),
-        ("seeds", pa.list_(pa.int64())),
-        ("engine", pa.string()),
-        ("spacing", pa.list_(pa.float32())),
-    ]
-    fields = [f for f in fields if f[0] != drop_column]
+    schema = contract.hf_features().arrow_schema  # the contract's own Parquet schema
+    if drop_column:
+        schema = schema.remove(schema.get_field_index(drop_column))
+    fields = [(f.name, f.type) for f in schema]
     data = {}
     for name, _ in fields:
         if name in ("image", "mask"):
@@ -97,7 +86,7 @@ def write_parquet(path: Path, rows: list[dict], rows_per_group: int, drop_column
             data[name] = [[_png(a) for a in r[name]] for r in rows]
         else:
             data[name] = [r[name] for r in rows]
-    table = pa.table(data, schema=pa.schema(fields))
+    table = pa.table(data, schema=schema)
     pq.write_table(table, path, row_group_size=max(1, rows_per_group))
 
 
