@@ -245,3 +245,10 @@ def test_preview_command_draws_a_row_per_slice(tmp_path, gin_dataset):
     assert w2 == w4 and h4 > h2  # same columns (original, mask, 2 copies), more rows
     code, _, err = augment(["preview", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert code == 2 and "not a dataset folder" in err
+
+
+def test_no_style_swap_flag_reaches_the_engine_settings(tmp_path):
+    # gin has no such setting: the refusal proves the flag became engine setting style_swap=False.
+    code, _, err = augment(["build", "--source", "phantom:1", "--out", str(tmp_path / "o"), "--engine", "gin",
+                            "--no-style-swap", *COMMON])
+    assert code == 2 and "style_swap" in err and err.count("\n") == 1

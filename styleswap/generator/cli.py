@@ -93,6 +93,7 @@ def build(
     overwrite: OverwriteOpt = False,
     preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where trained models (controlnet) and ingested sources are cached. (default: models/cache)")] = None,
+    style_swap: Annotated[Optional[bool], typer.Option("--style-swap/--no-style-swap", help="controlnet: render with the base U-Net (Style Swap, default) or the DreamBooth-tuned one (the ablation).")] = None,
 ) -> None:
     """Render K style-intervened copies of every source slice into shards + manifest.json.
 
@@ -110,6 +111,8 @@ def build(
         if not sep or not key:
             raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
         settings[key.strip()] = yaml.safe_load(value)
+    if style_swap is not None:
+        settings["style_swap"] = style_swap
     base["engine_settings"] = settings
     cfg = make_config(
         base,

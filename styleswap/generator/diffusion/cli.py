@@ -95,7 +95,7 @@ def controlnet_cmd(
     output_dir: OutputOpt,
     base_model: Annotated[str, typer.Option("--base-model", help="The base SD folder (for tiny: FINETUNE_OUTPUT/base).")],
     unet: Annotated[Path, typer.Option("--unet", help="The tuned U-Net folder (FINETUNE_OUTPUT/unet).")],
-    conditioning: Annotated[str, typer.Option("--conditioning", help="mask | mask+canny")] = "mask",
+    conditioning: Annotated[str, typer.Option("--conditioning", "--condition", help="mask | mask+canny (Canny edges of the source slice, via controlnet-aux, on top)")] = "mask",
     prompt_set: Annotated[str, typer.Option("--prompt-set", help="Prompts of the validation grid.")] = "default",
     instance_prompt: PromptOpt = "a sks {modality} slice",
     max_train_steps: StepsOpt = 400,
