@@ -71,7 +71,12 @@ def resize_image(image: np.ndarray | torch.Tensor, size: int | tuple[int, int]) 
 
 def canny_edges(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
     """Canny edges (bool, H x W) of a float [0, 1] slice via controlnet_aux's CannyDetector."""
-    from controlnet_aux.canny import CannyDetector
+    import warnings
+
+    with warnings.catch_warnings():
+        # controlnet-aux imports its optional detectors (mediapipe, timm) and warns about each.
+        warnings.simplefilter("ignore")
+        from controlnet_aux.canny import CannyDetector
 
     u8 = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
     rgb = np.stack([u8] * 3, axis=-1)

@@ -51,22 +51,17 @@ class SliceSet:
 
 
 def shard_files(data_dir: Path) -> list[Path]:
+    """The Parquet shards of a dataset folder, as its manifest lists them."""
+    from styleswap.generator import dataset
+
     data_dir = Path(data_dir)
-    manifest = data_dir / contract.MANIFEST_NAME
-    files: list[Path] = []
-    if manifest.is_file():
-        for entry in json.loads(manifest.read_text()).get("shards", []):
-            name = entry if isinstance(entry, str) else entry.get("path") or entry.get("file") or entry.get("name")
-            if name:
-                p = data_dir / name
-                if not p.is_file():
-                    p = data_dir / contract.DATA_DIR / Path(name).name
-                files.append(p)
+    manifest = dataset.read_manifest(data_dir)
+    if manifest.get("format", "parquet") != "parquet":
+        raise StyleSwapError(f"{data_dir}: diffusion training reads Parquet datasets; "
+                             f"run `augment convert {data_dir} --to parquet --out DIR` first")
+    files = [dataset.shard_path(data_dir, e) for e in manifest["shards"]]
     if not files:
-        files = sorted((data_dir / contract.DATA_DIR).glob("*.parquet"))
-    files = [f for f in files if f.suffix == ".parquet"]
-    if not files:
-        raise StyleSwapError(f"{data_dir} holds no Parquet shards under {contract.DATA_DIR}/")
+        raise StyleSwapError(f"{data_dir}: the manifest lists no shards")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise StyleSwapError(f"{data_dir}: shard listed in manifest.json is missing: {missing[0]}")
