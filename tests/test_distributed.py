@@ -76,3 +76,22 @@ def test_a_refused_output_folder_stops_every_rank(tmp_path):
     assert proc.returncode != 0
     assert "not a styleswap dataset" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_finetune_as_two_processes_trains_and_saves_once(tmp_path):
+    """`accelerate launch`-style DreamBooth on two CPU ranks: both finish, the main one saves."""
+    from diffusion_fixtures import write_dataset
+
+    from styleswap.generator.diffusion.presets import build_tiny
+
+    data = write_dataset(tmp_path / "data", n=4)
+    base = build_tiny(tmp_path / "tiny")
+    out = tmp_path / "ft"
+    proc = torchrun(["finetune", "--data", str(data), "--base-model", str(base), "--out", str(out),
+                     "--max-train-steps", "3", "--train-batch-size", "2", "--checkpointing-steps", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("tuned U-Net:") == 1  # reported by the main process only
+    info = json.loads((out / "finetune.json").read_text())
+    assert info["global_step"] == 3
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]

@@ -81,7 +81,8 @@ def finetune_cmd(
         output_dir, max_train_steps, train_batch_size, learning_rate, gradient_accumulation_steps, mixed_precision,
         gradient_checkpointing, checkpointing_steps, checkpoints_total_limit, resume_from_checkpoint, validation_steps,
         seed, device), instance_prompt=instance_prompt, resolution=resolution)
-    typer.echo(f"tuned U-Net: {info['unet']} (base model {info['base_model']}, step {info['global_step']})")
+    if "unet" in info:  # the main process of a multi-process launch reports
+        typer.echo(f"tuned U-Net: {info['unet']} (base model {info['base_model']}, step {info['global_step']})")
 
 
 def _vae_learned(folder: Path) -> bool:
@@ -120,7 +121,8 @@ def controlnet_cmd(
         gradient_checkpointing, checkpointing_steps, checkpoints_total_limit, resume_from_checkpoint, validation_steps,
         seed, device), instance_prompt=instance_prompt, conditioning=conditioning, resolution=resolution,
         prompt_set=prompt_set)
-    typer.echo(f"ControlNet: {info['controlnet']} (step {info['global_step']})")
+    if "controlnet" in info:  # the main process of a multi-process launch reports
+        typer.echo(f"ControlNet: {info['controlnet']} (step {info['global_step']})")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ from .conditioning import ENCODINGS
 from .data import load_slices
 from .finetune import DEFAULT_INSTANCE_PROMPT, _frozen_to, diffusion_batch, encode_latent_stats, encode_text, instance_prompts
 from .loading import load_components, load_unet
-from .training import TrainArgs, image_grid, train, write_json
+from .training import TrainArgs, barrier, image_grid, train, write_json
 
 SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)
 
@@ -111,6 +111,9 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     result = train(args, cn, loss_fn, len(slices), validate_fn=validate, stage="controlnet", on_device=on_device,
                    extra_state={"instance_prompt": instance_prompt, "conditioning": conditioning})
+    if not result.is_main_process:
+        barrier()  # the main process saves
+        return {"global_step": result.global_step}
     cn.to("cpu", torch.float32).save_pretrained(str(out), safe_serialization=True)
     info = {
         "base_model": str(base_model),
@@ -128,4 +131,5 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
         "train_args": args.to_json(),
     }
     write_json(out / "controlnet.json", info)
+    barrier()
     return info

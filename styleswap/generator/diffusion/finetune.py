@@ -19,7 +19,7 @@ from styleswap.errors import StyleSwapError
 
 from .data import SliceSet, load_slices
 from .loading import SDComponents, check_sd_folder, folder_hash, load_components
-from .training import TrainArgs, image_grid, train, write_json
+from .training import TrainArgs, barrier, image_grid, train, write_json
 
 DEFAULT_INSTANCE_PROMPT = "a sks {modality} slice"
 
@@ -114,6 +114,9 @@ def learn_vae(base_model: str | Path, data_dir: str | Path, output_dir: str | Pa
 
     out.mkdir(parents=True, exist_ok=True)
     result = train(args, vae, loss_fn, len(slices), stage="vae", on_device=on_device)
+    if not result.is_main_process:
+        barrier()  # the main process saves
+        return out
     vae = vae.to("cpu", torch.float32).eval()
     with torch.no_grad():
         lat = torch.cat([vae.encode(images[s : s + 8]).latent_dist.mean for s in range(0, len(images), 8)])
@@ -134,6 +137,7 @@ def learn_vae(base_model: str | Path, data_dir: str | Path, output_dir: str | Pa
         base_model=str(base), base_hash=folder_hash(base),
     )
     write_json(out / "styleswap_preset.json", meta)
+    barrier()
     return out
 
 
@@ -198,6 +202,9 @@ def finetune(base_model: str | Path, data_dir: str | Path, output_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     result = train(args, unet, loss_fn, len(slices), validate_fn=validate, stage="finetune", on_device=on_device,
                    extra_state={"instance_prompt": instance_prompt})
+    if not result.is_main_process:
+        barrier()  # the main process saves
+        return {"global_step": result.global_step}
     unet.to("cpu", torch.float32).save_pretrained(str(out / "unet"), safe_serialization=True)
     info = {
         "base_model": str(base_model),
@@ -212,4 +219,5 @@ def finetune(base_model: str | Path, data_dir: str | Path, output_dir: str | Pat
         "train_args": args.to_json(),
     }
     write_json(out / "finetune.json", info)
+    barrier()
     return info

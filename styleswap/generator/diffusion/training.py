@@ -179,6 +179,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     seconds_per_step: float | None = None
     resumed_from: str | None = None
+    is_main_process: bool = True  # only the main process saves the result
 
 
 LossFn = Callable[[torch.nn.Module, list[int], torch.Generator], torch.Tensor]
@@ -232,12 +233,15 @@ def train(
         disable=not args.progress or not accelerator.is_local_main_process,
     )
     accum = args.gradient_accumulation_steps
+    # Under `accelerate launch` rank r takes every W-th micro-batch of the one seeded stream, so W
+    # processes see W times the data per step, and a resumed run continues the same stream.
+    rank, world = accelerator.process_index, accelerator.num_processes
     t0, timed = None, 0
     step = start_step
     while step < args.max_train_steps:
         total = 0.0
         for k in range(accum):
-            micro = step * accum + k
+            micro = (step * accum + k) * world + rank
             idx = batch_indices(n_items, args.train_batch_size, micro, args.seed)
             with accelerator.autocast():
                 loss = loss_fn(model, idx, step_generator(args.seed, micro))
@@ -263,17 +267,28 @@ def train(
                 args.output_dir, step, unwrapped, optimizer,
                 {"stage": stage, "seed": args.seed, **(extra_state or {})}, args.checkpoints_total_limit,
             )
-        if validate_fn is not None and args.validation_steps and step % args.validation_steps == 0:
+        if (validate_fn is not None and args.validation_steps and step % args.validation_steps == 0
+                and accelerator.is_main_process):
             unwrapped.eval()
             with torch.no_grad():
                 validate_fn(unwrapped, step)
             unwrapped.train()
     bar.close()
     sps = (time.perf_counter() - t0) / timed if timed else None
+    accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     model.eval()
+    main = accelerator.is_main_process
     accelerator.free_memory()
-    return TrainResult(step, start_step, losses, sps, str(resume) if resume else None)
+    return TrainResult(step, start_step, losses, sps, str(resume) if resume else None, main)
+
+
+def barrier() -> None:
+    """Wait for every process of an `accelerate launch` (a no-op in a single process): ranks must
+    not read a stage's output before the main process has written it."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
 def write_json(path: Path, data: dict) -> None:
