@@ -133,11 +133,11 @@ _JOB: dict[str, Any] = {}
 
 def _init_worker(engine_name: str, settings: dict[str, Any], job: dict[str, Any], threads: int | None) -> None:
     global _ENGINE, _JOB
-    if threads:
+    _ENGINE = get_engine(engine_name, **settings)
+    if threads and "torch" in sys.modules:  # only engines that use torch pay for importing it
         import torch
 
         torch.set_num_threads(threads)
-    _ENGINE = get_engine(engine_name, **settings)
     _ENGINE.load()
     _JOB = job
 
