@@ -55,7 +55,8 @@ class _Group:
     def __init__(self) -> None:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
+        self.owned = not dist.is_initialized()
+        if self.owned:
             dist.init_process_group("gloo")
         self.dist = dist
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -85,9 +86,19 @@ class _Group:
 
 
 def run_distributed(cfg: BuildConfig, command: str | None, progress: bool) -> dict[str, Any]:
+    group = _Group()
+    try:
+        return _run(group, cfg, command, progress)
+    finally:
+        if group.owned:
+            # A gloo group left to interpreter shutdown can abort the process ("terminate called
+            # without an active exception") after a successful build.
+            group.dist.destroy_process_group()
+
+
+def _run(group: _Group, cfg: BuildConfig, command: str | None, progress: bool) -> dict[str, Any]:
     import torch
 
-    group = _Group()
     rank, world = group.rank, group.world
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
