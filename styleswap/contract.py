@@ -1,4 +1,4 @@
-"""The dataset contract: the only thing the generator and the trainer share.
+"""The dataset contract: what the generator and the trainer share (with `errors` and `safe_state`).
 
 A dataset folder holds::
 

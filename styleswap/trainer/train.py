@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from styleswap.errors import StyleSwapError
+from styleswap.safe_state import load_optimizer, save_optimizer
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
@@ -134,34 +135,6 @@ def geometric_augment(
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    sd = optimizer.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                meta["state"].setdefault(str(pid), {})[k] = v
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    (folder / "optimizer.json").write_text(json.dumps(meta))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in load_file(str(folder / "optimizer.safetensors")).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    for pid, st in meta["state"].items():
-        state.setdefault(int(pid), {}).update(st)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def find_checkpoint(out: Path, resume: str) -> Path | None:
     """``latest`` -> newest ``checkpoints/step-*`` (None if there is none); else a folder path."""
     if resume == "latest":
@@ -285,7 +258,7 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         if state.get("model_config", {}).get("channels") != mcfg["channels"] or state["model_config"].get("arch") != mcfg["arch"]:
             raise StyleSwapError(f"{ckpt}: checkpoint network {state.get('model_config')} differs from the requested one")
         accelerator.unwrap_model(module).load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(accelerator.device)))
-        _load_optimizer(optimizer, ckpt)
+        load_optimizer(optimizer, ckpt)
         step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state["batches_in_epoch"])
         best = float(state.get("best_val", -1.0))
     rows: list[dict[str, Any]] = []
@@ -315,7 +288,7 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped().state_dict().items()}, str(tmp / "model.safetensors"))
-        _save_optimizer(optimizer, tmp)
+        save_optimizer(optimizer, tmp)
         (tmp / "config.json").write_text(json.dumps(mcfg, indent=2))
         state = {"step": step, "epoch": epoch, "batches_in_epoch": in_epoch, "best_val": best, "model_config": mcfg, "seed": cfg.seed}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))

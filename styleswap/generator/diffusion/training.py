@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from styleswap.errors import StyleSwapError
+from styleswap.safe_state import load_optimizer, save_optimizer
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -103,35 +104,6 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(cps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    (folder / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in load_file(str(folder / "optimizer.safetensors")).items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimizer, extra: dict, limit: int | None) -> Path:
     from safetensors.torch import save_model
 
@@ -146,7 +118,7 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimiz
     tmp.mkdir(parents=True)
     try:
         save_model(model, str(tmp / "model.safetensors"))
-        _save_optimizer(optimizer, tmp)
+        save_optimizer(optimizer, tmp)
         (tmp / "state.json").write_text(json.dumps({"global_step": step, **extra}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -221,7 +193,7 @@ def train(
         from safetensors.torch import load_model
 
         load_model(model, str(resume / "model.safetensors"))
-        _load_optimizer(optimizer, resume)
+        load_optimizer(optimizer, resume)
         start_step = int(json.loads((resume / "state.json").read_text())["global_step"])
     model, optimizer = accelerator.prepare(model, optimizer)
     if on_device is not None:
@@ -281,6 +253,19 @@ def train(
     main = accelerator.is_main_process
     accelerator.free_memory()
     return TrainResult(step, start_step, losses, sps, str(resume) if resume else None, main)
+
+
+def stage_record(result: TrainResult, args: TrainArgs, data_hash: str, **fields: Any) -> dict[str, Any]:
+    """What a stage writes next to its model: its own ``fields``, then how it was trained."""
+    return {
+        **fields,
+        "data_hash": data_hash,
+        "global_step": result.global_step,
+        "start_step": result.start_step,
+        "seconds_per_step": result.seconds_per_step,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "train_args": args.to_json(),
+    }
 
 
 def barrier() -> None:

@@ -1,0 +1,45 @@
+"""Optimizer state as safetensors + JSON, for both halves' checkpoints (never a pickle).
+
+Like ``contract`` and ``errors``, this module belongs to neither half: the trainer and the
+diffusion stages both resume from it without importing each other.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TENSORS, META = "optimizer.safetensors", "optimizer.json"
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Tensors of ``optimizer.state_dict()`` to safetensors (keys ``<param id>.<name>``), the rest to JSON."""
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta["state"].setdefault(str(pid), {})[k] = v
+    save_file(tensors, str(Path(folder) / TENSORS))
+    (Path(folder) / META).write_text(json.dumps(meta))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Inverse of `save_optimizer`."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((Path(folder) / META).read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in load_file(str(Path(folder) / TENSORS)).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in meta["state"].items():
+        state.setdefault(int(pid), {}).update(st)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
