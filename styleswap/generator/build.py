@@ -146,14 +146,14 @@ def render_chunk(slices: list[SourceSlice]) -> list[shards.Row]:
     """All copies of a chunk of slices, rendered in engine-sized batches, encoded if Parquet."""
     engine, job = _ENGINE, _JOB
     copies, seed = job["copies"], job["seed"]
-    requests = [
-        CopyRequest(
-            sample_id=s.sample_id, copy_index=c, seed=derive_seed(seed, s.sample_id, c),
-            image=contract.to_unit_float(s.image), mask=s.mask, modality=s.modality,
-        )
-        for s in slices
-        for c in range(copies)
-    ]
+    requests = []
+    for s in slices:
+        image = contract.to_unit_float(s.image)  # once per slice, shared by its K requests
+        requests += [
+            CopyRequest(sample_id=s.sample_id, copy_index=c, seed=derive_seed(seed, s.sample_id, c),
+                        image=image, mask=s.mask, modality=s.modality)
+            for c in range(copies)
+        ]
     results = []
     for i in range(0, len(requests), max(1, engine.batch_size)):
         results.extend(engine.render(requests[i : i + engine.batch_size]))
