@@ -21,7 +21,7 @@ from .conditioning import ENCODINGS
 from .data import load_slices
 from .finetune import DEFAULT_INSTANCE_PROMPT, _frozen_to, diffusion_batch, encode_latent_stats, encode_text, instance_prompts
 from .loading import load_components, load_unet
-from .training import TrainArgs, barrier, image_grid, train, write_json
+from .training import TrainArgs, barrier, image_grid, stage_record, train, write_json
 
 SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)
 
@@ -115,21 +115,9 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
         barrier()  # the main process saves
         return {"global_step": result.global_step}
     cn.to("cpu", torch.float32).save_pretrained(str(out), safe_serialization=True)
-    info = {
-        "base_model": str(base_model),
-        "unet": str(unet),
-        "controlnet": str(out),
-        "conditioning": conditioning,
-        "instance_prompt": instance_prompt,
-        "resolution": res,
-        "data_hash": slices.data_hash,
-        "global_step": result.global_step,
-        "start_step": result.start_step,
-        "resumed_from": result.resumed_from,
-        "seconds_per_step": result.seconds_per_step,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "train_args": args.to_json(),
-    }
+    info = stage_record(result, args, slices.data_hash, base_model=str(base_model), unet=str(unet),
+                        controlnet=str(out), conditioning=conditioning, instance_prompt=instance_prompt,
+                        resolution=res, resumed_from=result.resumed_from)
     write_json(out / "controlnet.json", info)
     barrier()
     return info

@@ -19,7 +19,7 @@ from styleswap.errors import StyleSwapError
 
 from .data import SliceSet, load_slices
 from .loading import SDComponents, check_sd_folder, folder_hash, load_components
-from .training import TrainArgs, barrier, image_grid, train, write_json
+from .training import TrainArgs, barrier, image_grid, stage_record, train, write_json
 
 DEFAULT_INSTANCE_PROMPT = "a sks {modality} slice"
 
@@ -206,18 +206,8 @@ def finetune(base_model: str | Path, data_dir: str | Path, output_dir: str | Pat
         barrier()  # the main process saves
         return {"global_step": result.global_step}
     unet.to("cpu", torch.float32).save_pretrained(str(out / "unet"), safe_serialization=True)
-    info = {
-        "base_model": str(base_model),
-        "unet": str(out / "unet"),
-        "instance_prompt": instance_prompt,
-        "resolution": res,
-        "data_hash": slices.data_hash,
-        "global_step": result.global_step,
-        "start_step": result.start_step,
-        "seconds_per_step": result.seconds_per_step,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "train_args": args.to_json(),
-    }
+    info = stage_record(result, args, slices.data_hash, base_model=str(base_model), unet=str(out / "unet"),
+                        instance_prompt=instance_prompt, resolution=res)
     write_json(out / "finetune.json", info)
     barrier()
     return info
