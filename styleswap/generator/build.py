@@ -11,10 +11,16 @@ Results come back in submission order and a single writer writes them, so shard 
 bytes do not depend on ``--workers``; every copy's seed comes from (build seed, sample_id, copy
 index) only. At most ``2 * workers + 2`` chunks are in flight, so memory does not grow with the
 number of slices.
+
+A build is resumable: row ``p`` of a split always goes to shard ``p // rows_per_shard``, each shard
+is written, fsynced and renamed in ``OUT/.partial`` and then gets a receipt; a rerun of the same
+command (same `fingerprint`) renders only the shards without one. The source is still read in full
+(its order defines the shards), only rendering is skipped. manifest.json, written last, commits.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import shlex
@@ -218,28 +224,138 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
 
     Launched as several processes (``accelerate launch`` or ``torchrun``: ``WORLD_SIZE`` > 1),
     each rank renders its share of the shards and rank 0 writes the manifest (`run_distributed`).
+    An interrupted build (killed, disk full) resumes when the same command runs again.
     """
     cfg.validate()
     if distributed is None:
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        from styleswap.generator.distributed import run_distributed
+    try:
+        if distributed:
+            from styleswap.generator.distributed import run_distributed
 
-        return run_distributed(cfg, command, progress)
+            return run_distributed(cfg, command, progress)
+        return _run_local(cfg, command, progress)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StyleSwapError(f"{cfg.out}: no space left on the device; free some space and run the same "
+                             "command again to resume (finished shards are kept)") from None
+
+
+def _run_local(cfg: BuildConfig, command: str | None, progress: bool) -> dict[str, Any]:
     cfg, engine, settings = prepare_engine(cfg)
     info, slices = open_slices(cfg)
-    with dataset.output_folder(Path(cfg.out), overwrite=cfg.overwrite) as staging:
-        writers: dict[str, shards.ShardWriter] = {}
-        stats = _Stats()
-        for row in render_rows(cfg, engine, settings, slices, progress):
-            w = writers.get(row.split)
-            if w is None:
-                w = writers[row.split] = shards.ShardWriter(staging, row.split, cfg.format, cfg.rows_per_shard)
-            w.add(row)
-            stats.add(row)
-        for w in writers.values():
-            w.close()
-        return finish_build(cfg, list(writers.values()), stats, info, engine, command)
+    plan = None
+    if info.get("layout") == "styleswap-dataset":  # an ingested source: every shard is known in advance
+        plan = plan_shards(dataset.read_manifest(Path(cfg.source)), cfg.rows_per_shard)
+    with dataset.output_folder(Path(cfg.out), cfg.overwrite, fingerprint(cfg, engine, info)) as staging:
+        done = dataset.finished_shards(staging)
+        if done:
+            total = f" of {len(plan)}" if plan else ""
+            print(f"resuming {cfg.out}: {len(done)}{total} shards already done")
+        router = ShardRouter(cfg.rows_per_shard, lambda key: key not in done)
+        render_shards(cfg, engine, settings, router.filter(slices), router, staging, progress)
+        writers, stats = staged_writers(staging, cfg, plan)
+        return finish_build(cfg, writers, stats, info, engine, command)
+
+
+def fingerprint(cfg: BuildConfig, engine: Engine, info: dict[str, Any]) -> dict[str, Any]:
+    """What the staged shards' bytes depend on (as JSON): a staged build resumes only under the same.
+
+    Not the workers (bytes do not depend on them), nor what only the card, preview or manifest use.
+    """
+    skip = {"out", "workers", "overwrite", "preview", "license", "description", "cache_dir"}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    fp = {"recipe": recipe, "engine": engine.describe(), "source": info, "versions": dataset.package_versions()}
+    return json.loads(json.dumps(_jsonable(fp), default=str))
+
+
+def plan_shards(manifest: dict[str, Any], rows_per_shard: int) -> list[tuple[str, int, int]]:
+    """``(split, shard index, rows)`` of every output shard, in the order a single writer makes them."""
+    totals: dict[str, int] = {}
+    for entry in manifest["shards"]:
+        totals[entry["split"]] = totals.get(entry["split"], 0) + int(entry["num_rows"])
+    plan = []
+    for split, n in totals.items():
+        for i, start in enumerate(range(0, n, rows_per_shard)):
+            plan.append((split, i, min(rows_per_shard, n - start)))
+    return plan
+
+
+class ShardRouter:
+    """Which shard ``(split, index)`` each source row goes to; keeps only the rows of shards ``wanted``.
+
+    Row ``p`` of a split goes to shard ``p // rows_per_shard`` whatever is skipped, so shard
+    boundaries and contents are those of an uninterrupted one-process build. The keys of the kept
+    rows queue up in ``keys``, in order: the rendered rows come back in the same order.
+    """
+
+    def __init__(self, rows_per_shard: int, wanted: Callable[[tuple[str, int]], bool]) -> None:
+        self.rows_per_shard, self.wanted = rows_per_shard, wanted
+        self.keys: deque[tuple[str, int]] = deque()
+        self._position: dict[str, int] = {}
+
+    def select(self, split: str, position: int) -> bool:
+        key = (split, position // self.rows_per_shard)
+        if self.wanted(key):
+            self.keys.append(key)
+            return True
+        return False
+
+    def filter(self, slices: Iterable[SourceSlice]) -> Iterator[SourceSlice]:
+        for s in slices:
+            pos = self._position.get(s.split, 0)
+            self._position[s.split] = pos + 1
+            if self.select(s.split, pos):
+                yield s
+
+
+def render_shards(cfg: BuildConfig, engine: Engine, settings: dict[str, Any], slices: Iterable[SourceSlice],
+                  router: ShardRouter, staging: Path, progress: bool = True) -> None:
+    """Render ``slices`` (selected by ``router``) into their staged shards, each with a receipt once closed."""
+    writing: dict[str, tuple[int, shards.ShardWriter, _Stats]] = {}  # per split: its shard being written
+
+    def close(split: str) -> None:
+        _, writer, stats = writing.pop(split)
+        (path, rows), = writer.close()
+        shards.kill_point("receipt")
+        dataset.write_receipt(path, rows, stats.to_json())
+
+    for row in render_rows(cfg, engine, settings, slices, progress):
+        split, index = router.keys.popleft()
+        if split in writing and writing[split][0] != index:
+            close(split)
+        if split not in writing:
+            writing[split] = (index, shards.ShardWriter(staging, split, cfg.format, cfg.rows_per_shard, index), _Stats())
+        _, writer, stats = writing[split]
+        writer.add(row)  # closes the file itself after rows_per_shard rows
+        stats.add(row)
+        if writer.done:
+            close(split)
+    for split in list(writing):  # the last shard of each split
+        close(split)
+
+
+def staged_writers(staging: Path, cfg: BuildConfig, plan: list[tuple[str, int, int]] | None = None
+                   ) -> tuple[list[shards.ShardWriter], "_Stats"]:
+    """The finished staged shards as writers for `finish_build`, and their rows' stats.
+
+    Checks they are every shard of ``plan``, or without one, shards ``0..n-1`` of each split.
+    """
+    done = dataset.finished_shards(staging)
+    if plan is None:
+        plan = [(split, index, r["num_rows"]) for (split, index), r in sorted(done.items())]
+    writers: dict[str, shards.ShardWriter] = {}
+    stats = _Stats()
+    for split, index, rows in plan:
+        w = writers.setdefault(split, shards.ShardWriter(staging, split, cfg.format, cfg.rows_per_shard))
+        r = done.get((split, index))
+        if r is None or r["num_rows"] != rows or index != len(w.done):
+            raise StyleSwapError(f"{staging}: shard {index} of {split} is missing or incomplete ({rows} rows "
+                                 "expected); delete that folder to build from scratch")
+        w.done.append((staging / r["name"], rows))
+        stats.merge_json(r["stats"])
+    return list(writers.values()), stats
 
 
 def prepare_engine(cfg: BuildConfig) -> tuple[BuildConfig, Engine, dict[str, Any]]:
@@ -290,8 +406,9 @@ def finish_build(cfg: BuildConfig, writers: list[shards.ShardWriter], stats: "_S
     out = Path(cfg.out)
     if stats.rows == 0:
         raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")
-    if cfg.overwrite:
-        dataset.clear_previous(out)
+    # what is there is a dataset being replaced (--overwrite) or what a killed finish left
+    # (`dataset.output_folder` refused anything else)
+    dataset.clear_previous(out)
     ordered = sorted(writers, key=lambda w: _split_order(w.split))
     entries = shards.finalize_shards(out, ordered)
     labels = info.get("labels", contract.DEFAULT_LABELS)
@@ -319,6 +436,7 @@ def finish_build(cfg: BuildConfig, writers: list[shards.ShardWriter], stats: "_S
 
         write_preview(out, manifest, out / "preview.png")
     card.write_card(out, manifest, license=cfg.license, description=cfg.description)
+    shards.kill_point("manifest")
     dataset.write_json_atomic(out / contract.MANIFEST_NAME, manifest)  # the commit point
     return manifest
 

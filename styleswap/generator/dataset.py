@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 from contextlib import contextmanager
 from importlib import metadata
@@ -14,10 +15,17 @@ from typing import Any, Iterator
 from styleswap import __version__, contract
 from styleswap.errors import StyleSwapError, VerificationError
 from styleswap.generator import shards
+from styleswap.generator.safe_paths import check_output_folder
 from styleswap.generator.sources.base import SourceSlice
 
 STAGING_DIR = ".partial"
 TOOL = "styleswap"
+#: In the staging folder: the settings the staged shards were rendered with (a rerun resumes only
+#: under the same ones). Next to each finished staged shard, ``<shard>.json``: its receipt.
+BUILD_FILE = "build.json"
+_STAGED = re.compile(rf"(?P<split>.+)-(?P<index>\d{{5}})(?:{'|'.join(re.escape(s) for s in contract.SHARD_SUFFIX.values())})")
+#: What a build killed while it moved its shards in leaves in the output folder (no manifest yet).
+_FINISH_LEFTOVERS = {contract.DATA_DIR, contract.CARD_NAME, "preview.png", contract.MANIFEST_NAME + ".tmp"}
 
 
 def package_versions() -> dict[str, str]:
@@ -54,14 +62,11 @@ def is_dataset(folder: Path) -> bool:
 
 def shard_path(folder: Path, entry: dict[str, Any]) -> Path:
     """A manifest's shard path, refused if it escapes the dataset folder."""
-    rel = entry.get("path", "")
-    target = (folder / rel).resolve()
-    if Path(rel).is_absolute() or not target.is_relative_to(folder.resolve()):
-        raise StyleSwapError(f"{folder / contract.MANIFEST_NAME}: shard path {rel!r} escapes the dataset folder")
-    return target
+    return contract.shard_file(folder, entry.get("path", ""))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write to a temporary name, fsync, rename: readers see the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
@@ -69,23 +74,79 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    shards.fsync_path(path.parent)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_receipt(shard: Path, num_rows: int, stats: dict[str, Any]) -> None:
+    """Mark a closed staged shard finished: a resumed build keeps it and does not render it again."""
+    m = _STAGED.fullmatch(shard.name)
+    write_json_atomic(shard.with_name(shard.name + ".json"), {
+        "split": m["split"], "index": int(m["index"]), "name": shard.name, "num_rows": num_rows,
+        "bytes": shard.stat().st_size, "sha256": shards.sha256_file(shard), "stats": stats,
+    })
+
+
+def finished_shards(staging: Path, clean: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
+    """The receipts of the finished shards in ``staging``, by ``(split, index)``.
+
+    ``clean`` also checks each shard against its receipt (size and sha256: one read of each) and
+    deletes what a killed or failed run left half done: ``.tmp`` files, shards without a receipt.
+    """
+    staging, done = Path(staging), {}
+    if not staging.is_dir():
+        return done
+    for path in sorted(staging.iterdir()):
+        if path.suffix != ".json" or not _STAGED.fullmatch(path.stem):
+            continue
+        r, shard = _read_json(path), path.with_suffix("")
+        ok = isinstance(r, dict) and shard.is_file()
+        if ok and clean:
+            ok = shard.stat().st_size == r.get("bytes") and shards.sha256_file(shard) == r.get("sha256")
+        if ok:
+            done[(r["split"], int(r["index"]))] = r
+        elif clean:
+            path.unlink()
+    if clean:
+        for path in staging.iterdir():
+            if path.suffix == ".tmp" or (_STAGED.fullmatch(path.name) and not Path(f"{path}.json").exists()):
+                path.unlink()
+    return done
 
 
 @contextmanager
-def output_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a clean staging folder inside ``out``; on any failure leave nothing behind.
+def output_folder(out: Path, overwrite: bool = False, fingerprint: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield the staging folder inside ``out``; on failure leave nothing behind but resumable work.
 
     Refuses an existing folder that holds anything but a dataset of this tool, and a dataset of
     this tool unless ``overwrite``. Old files of an overwritten dataset are replaced only after the
     new build succeeded.
+
+    With a ``fingerprint`` (the settings the shard bytes depend on, as JSON) the build resumes: the
+    finished shards (`finished_shards`) of an interrupted run with the same fingerprint are kept,
+    also when this run fails, and half-written files are removed. A staged build with another
+    fingerprint is refused, or discarded with ``overwrite``: hours of rendering are not thrown away
+    for a mistyped flag. Without a fingerprint (convert) staging always starts empty.
     """
     out = Path(out)
+    check_output_folder(out)  # also for API callers (the ingest cache), not only the CLI
+    staging = out / STAGING_DIR
     created = not out.exists()
+    previous = _read_json(staging / BUILD_FILE) if fingerprint is not None else None
+    previous = previous if isinstance(previous, dict) else None
     if out.exists():
         if not out.is_dir():
             raise StyleSwapError(f"{out}: output path exists and is not a folder")
         leftovers = [p.name for p in out.iterdir() if p.name != STAGING_DIR]
-        if leftovers:
+        # a build of ours killed while it moved its shards in (before manifest.json) is resumed
+        unfinished = previous is not None and set(leftovers) <= _FINISH_LEFTOVERS
+        if leftovers and not unfinished:
             if not is_dataset(out):
                 raise StyleSwapError(
                     f"{out}: folder exists and is not a {TOOL} dataset (found {', '.join(sorted(leftovers)[:3])}); "
@@ -93,16 +154,29 @@ def output_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
                 )
             if not overwrite:
                 raise StyleSwapError(f"{out}: a dataset already exists there; pass --overwrite to replace it")
-    staging = out / STAGING_DIR
+    resume = previous is not None and previous == fingerprint
+    if previous is not None and not resume and not overwrite:
+        changed = sorted(k for k in {**previous.get("recipe", {}), **fingerprint["recipe"]}
+                         if previous.get("recipe", {}).get(k) != fingerprint["recipe"].get(k))
+        changed += [k for k in fingerprint if k != "recipe" and previous.get(k) != fingerprint[k]]
+        raise StyleSwapError(
+            f"{staging}: holds an interrupted build with other settings ({', '.join(changed) or 'unknown'}); "
+            "run its command again to resume it, or pass --overwrite to discard it"
+        )
     try:
-        if staging.exists():  # an interrupted earlier build of ours
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
+        if resume:
+            finished_shards(staging, clean=True)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)  # an earlier build of ours, not resumable
+            staging.mkdir(parents=True)
+            if fingerprint is not None:
+                write_json_atomic(staging / BUILD_FILE, fingerprint)
         yield staging
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        if fingerprint is None or not finished_shards(staging, clean=True):
+            shutil.rmtree(staging, ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
 

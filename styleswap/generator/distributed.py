@@ -9,7 +9,9 @@ that share the output folder). The work is split by *output shard*:
 - shard ``i`` of a split holds rows ``[i*R, (i+1)*R)`` of that split, exactly as a one-process
   build cuts them, and rank ``r`` renders the shards ``r, r+W, r+2W, ...`` of the list of all shards;
 - each rank writes its shards into the shared staging folder under their global index, and once
-  every rank is done, rank 0 renames them to ``-of-N`` names and writes ``manifest.json``.
+  every rank is done, rank 0 renames them to ``-of-N`` names and writes ``manifest.json``;
+- a rerun resumes like a one-process build (same staging folder and receipts): the shards not yet
+  finished are dealt out again, round robin, whatever the number of ranks before.
 
 Seeds come from (build seed, sample_id, copy index), so the result is byte-identical to a
 one-process build. Ranks coordinate through a gloo process group (CPU), whatever device renders.
@@ -17,36 +19,25 @@ one-process build. Ranks coordinate through a gloo process group (CPU), whatever
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from styleswap import contract
 from styleswap.errors import StyleSwapError
-from styleswap.generator import dataset, shards
+from styleswap.generator import dataset
 from styleswap.generator.build import (
     BuildConfig,
-    _Stats,
+    ShardRouter,
     finish_build,
+    fingerprint,
     ingested_source,
     open_slices,
+    plan_shards,
     prepare_engine,
-    render_rows,
+    render_shards,
+    staged_writers,
 )
-
-
-def plan_shards(manifest: dict[str, Any], rows_per_shard: int) -> list[tuple[str, int, int]]:
-    """``(split, shard index, rows)`` of every output shard, in the order a single writer makes them."""
-    totals: dict[str, int] = {}
-    for entry in manifest["shards"]:
-        totals[entry["split"]] = totals.get(entry["split"], 0) + int(entry["num_rows"])
-    plan = []
-    for split, n in totals.items():
-        for i, start in enumerate(range(0, n, rows_per_shard)):
-            plan.append((split, i, min(rows_per_shard, n - start)))
-    return plan
 
 
 class _Group:
@@ -109,25 +100,30 @@ def _run(group: _Group, cfg: BuildConfig, command: str | None, progress: bool) -
     cfg, engine, settings = group.on_main(lambda: prepare_engine(cfg))
     out = Path(cfg.out)
     staging = out / dataset.STAGING_DIR
+    info, _ = open_slices(cfg)
 
-    folder_ctx = dataset.output_folder(out, overwrite=cfg.overwrite)
+    folder_ctx = dataset.output_folder(out, cfg.overwrite, fingerprint(cfg, engine, info))
     group.on_main(lambda: folder_ctx.__enter__() if rank == 0 else None)
     try:
         plan = plan_shards(dataset.read_manifest(source), cfg.rows_per_shard)
-        mine = [p for i, p in enumerate(plan) if i % world == rank]
-        wanted = {(split, i) for split, i, _ in mine}
-        info, _ = open_slices(cfg)
-        slices = dataset.iter_source_slices(source, select=lambda split, pos: (split, pos // cfg.rows_per_shard) in wanted)
+        done = dataset.finished_shards(staging)
+        group.all_ok(None)  # every rank has read the same receipts before any rank writes one
+        todo = [(split, i) for split, i, _ in plan if (split, i) not in done]
+        if done and rank == 0:
+            print(f"resuming {out}: {len(done)} of {len(plan)} shards already done")
+        mine = set(todo[rank::world])
+        router = ShardRouter(cfg.rows_per_shard, mine.__contains__)
+        slices = dataset.iter_source_slices(source, select=router.select)
         error = None
         try:
-            stats = _render_my_shards(cfg, engine, settings, slices, mine, staging, progress and rank == 0)
-            (staging / f"stats-rank{rank:05d}.json").write_text(json.dumps(stats.to_json()))
+            render_shards(cfg, engine, settings, slices, router, staging, progress and rank == 0)
         except BaseException as e:
             error = e
         group.all_ok(error)
         manifest = None
         if rank == 0:
-            manifest = _finish_on_main(cfg, plan, staging, world, info, engine, command)
+            writers, stats = staged_writers(staging, cfg, plan)
+            manifest = finish_build(cfg, writers, stats, info, engine, command)
     except BaseException as e:
         if rank == 0:
             folder_ctx.__exit__(type(e), e, e.__traceback__)
@@ -136,44 +132,3 @@ def _run(group: _Group, cfg: BuildConfig, command: str | None, progress: bool) -
         folder_ctx.__exit__(None, None, None)
     group.dist.barrier()  # the manifest exists for every rank when run_build returns
     return manifest or dataset.read_manifest(out)
-
-
-def _render_my_shards(cfg, engine, settings, slices, mine, staging: Path, progress: bool) -> _Stats:
-    stats = _Stats()
-    queue = list(mine)  # this rank's shards in source order; rows arrive in the same order
-    writer, left = None, 0
-    for row in render_rows(cfg, engine, settings, slices, progress):
-        if left == 0:
-            split, index, left = queue.pop(0)
-            writer = shards.ShardWriter(staging, split, cfg.format, cfg.rows_per_shard, first_index=index)
-        if row.split != writer.split:
-            raise RuntimeError(f"row {row.sample_id} of split {row.split} arrived for a {writer.split} shard")
-        writer.add(row)  # closes itself after rows_per_shard rows
-        stats.add(row)
-        left -= 1
-        if left == 0:
-            writer.close()
-    if writer is not None:
-        writer.close()
-    if queue or left:
-        raise RuntimeError(f"source ended early: {len(queue)} shard(s) of this rank not rendered")
-    return stats
-
-
-def _finish_on_main(cfg, plan, staging: Path, world: int, info, engine, command) -> dict[str, Any]:
-    writers = []
-    ext = contract.SHARD_SUFFIX[cfg.format]
-    for split in dict.fromkeys(s for s, _, _ in plan):
-        w = shards.ShardWriter(staging, split, cfg.format, cfg.rows_per_shard)
-        for s, index, rows in plan:
-            if s != split:
-                continue
-            path = staging / f"{split}-{index:05d}{ext}"
-            if not path.is_file() or shards.count_rows(path) != rows:
-                raise StyleSwapError(f"{path.name}: a rank did not finish this shard ({rows} rows expected)")
-            w.done.append((path, rows))
-        writers.append(w)
-    stats = _Stats()
-    for r in range(world):
-        stats.merge_json(json.loads((staging / f"stats-rank{r:05d}.json").read_text()))
-    return finish_build(cfg, writers, stats, info, engine, command)

@@ -1,15 +1,18 @@
 """Shard writers (Parquet, HDF5) and readers for the dataset contract.
 
 Writers stream rows into a *staging* folder under temporary names and never hold more than one
-row group in memory. A shard is complete when its writer is closed; only then is it renamed
-(``.tmp`` -> final staging name). `finalize_shards` moves complete shards to their Hub-native names
+row group in memory. A shard is complete when its writer is closed and the file fsynced; only then
+is it renamed (``.tmp`` -> final staging name), so a killed process never leaves a half-written file
+under a shard's name. `finalize_shards` links complete shards to their Hub-native names
 ``data/<split>-00000-of-000NN.<ext>`` once the total is known (the HF datasets builder pattern).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -60,6 +63,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a closed file, or a folder's entries (after a rename), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def kill_point(name: str) -> None:
+    """Test hook: ``STYLESWAP_TEST_KILL_AT="<name>:<n>"`` SIGKILLs this process the n-th time it
+    passes ``<name>`` (tests/test_build_resume.py interrupts builds at exact places with it)."""
+    at = os.environ.get("STYLESWAP_TEST_KILL_AT")
+    if at and at.partition(":")[0] == name:
+        _passes[name] = _passes.get(name, 0) + 1
+        if _passes[name] == int(at.partition(":")[2] or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_passes: dict[str, int] = {}
+
+
 class _ParquetShard:
     def __init__(self, path: Path) -> None:
         import pyarrow.parquet as pq
@@ -105,6 +130,7 @@ class _ParquetShard:
     def close(self) -> None:
         self._flush()
         self.writer.close()
+        fsync_path(self.path)
 
 
 class _HDF5Shard:
@@ -171,6 +197,7 @@ class _HDF5Shard:
 
     def close(self) -> None:
         self.file.close()
+        fsync_path(self.path)
 
 
 class ShardWriter:
@@ -198,6 +225,7 @@ class ShardWriter:
             self._open()
         self._shard.add(row)
         self._rows += 1
+        kill_point("rows")
         if self._rows >= self.rows_per_shard:
             self._close_current()
 
@@ -205,8 +233,10 @@ class ShardWriter:
         if self._shard is None:
             return
         self._shard.close()
+        kill_point("shard-close")
         final = self._shard.path.with_suffix("")  # drop .tmp: the shard is complete
         os.replace(self._shard.path, final)
+        fsync_path(self.staging)
         self.done.append((final, self._rows))
         self._shard = None
 
@@ -216,7 +246,12 @@ class ShardWriter:
 
 
 def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[dict[str, Any]]:
-    """Move complete staged shards to ``out/data/<split>-i-of-N.<ext>``; return manifest entries."""
+    """Link complete staged shards to ``out/data/<split>-i-of-N.<ext>``; return manifest entries.
+
+    Hard links, not moves: until manifest.json is written the staging folder keeps every finished
+    shard, so a build killed here resumes without rendering any again. (On a filesystem without
+    hard links they are moved, and such a resume renders the moved ones again.)
+    """
     data = out / contract.DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -225,7 +260,14 @@ def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[dict[str,
         for i, (path, rows) in enumerate(w.done):
             name = contract.shard_name(w.split, i, total, w.fmt)
             target = data / name
-            os.replace(path, target)
+            target.unlink(missing_ok=True)
+            try:
+                os.link(path, target)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                os.replace(path, target)
+            kill_point("finalize")
             entries.append(
                 {
                     "path": f"{contract.DATA_DIR}/{name}",
@@ -235,6 +277,7 @@ def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[dict[str,
                     "sha256": sha256_file(target),
                 }
             )
+    fsync_path(data)
     return entries
 
 
