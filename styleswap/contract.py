@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,19 @@ def sample_id(case_id: str, slice_index: int) -> str:
 def shard_name(split: str, index: int, total: int, fmt: str) -> str:
     """Hub-native shard file name, e.g. ``train-00000-of-00004.parquet``."""
     return f"{split}-{index:05d}-of-{total:05d}{SHARD_SUFFIX[fmt]}"
+
+
+def shard_file(folder: Path, rel: str) -> Path:
+    """The file of a manifest's shard path ``rel``, refused if it leads outside the dataset folder
+    (an absolute path, ``..``, or a symlinked ``data/``): a downloaded dataset must not make either
+    half read or overwrite files elsewhere."""
+    from styleswap.errors import StyleSwapError
+
+    folder = Path(folder)
+    target = (folder / rel).resolve()
+    if Path(rel).is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise StyleSwapError(f"{folder / MANIFEST_NAME}: shard path {rel!r} escapes the dataset folder")
+    return target
 
 
 def parse_shard_name(name: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from styleswap.errors import StyleSwapError, VerificationError
+from styleswap.errors import StyleSwapError, VerificationError, one_line
 
 app = typer.Typer(
     name="augment",
@@ -62,6 +62,7 @@ def ingest(
     """
     from styleswap.generator.build import command_line, run_build
     from styleswap.generator.recipe import make_config
+    from styleswap.generator.safe_paths import check_output_folder
 
     src: Any = source[0] if len(source) == 1 else source
     cfg = make_config(
@@ -69,11 +70,20 @@ def ingest(
         _flags(out=str(out), labels=labels, size=size, keep_empty=keep_empty, modality=modality, format=fmt,
                rows_per_shard=rows_per_shard, seed=seed, overwrite=overwrite, preview=preview),
     )
+    check_output_folder(out)
     manifest = run_build(cfg, command=command_line())
     _summary(out, manifest)
 
 
+def _allow_pickle_flag(command):
+    """``--allow-pickle`` (parameter ``allow_pickle``) holds while the command runs."""
+    from styleswap.generator.diffusion.loading import with_allow_pickle_flag  # stdlib only, no diffusers
+
+    return with_allow_pickle_flag(command)
+
+
 @app.command()
+@_allow_pickle_flag
 def build(
     recipe: Annotated[Optional[Path], typer.Argument(help="A YAML recipe (see manifests/). Flags override its values.")] = None,
     source: Annotated[Optional[str], typer.Option(help="'phantom[:N]', a raw source (as for ingest) or a dataset folder made by 'augment ingest'.")] = None,
@@ -94,6 +104,9 @@ def build(
     preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where trained models (controlnet) and ingested sources are cached. (default: models/cache)")] = None,
     style_swap: Annotated[Optional[bool], typer.Option("--style-swap/--no-style-swap", help="controlnet: render with the base U-Net (Style Swap, default) or the DreamBooth-tuned one (the ablation).")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="controlnet: also load model folders whose weights are pickle files (*.bin, *.pt, *.ckpt, ...) and no safetensors. Pickle can run arbitrary code: only for files you trust. Never taken from a recipe.")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="Who renders: local (processes on this machine) or ray (Ray Data actors, one per --workers; needs 'styleswap[ray]'). Same bytes either way.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: a Ray cluster ('auto', 'ray://HOST:10001'). Default: a local instance with --workers CPUs.")] = None,
 ) -> None:
     """Render K style-intervened copies of every source slice into shards + manifest.json.
 
@@ -103,6 +116,7 @@ def build(
     """
     from styleswap.generator.build import command_line, run_build
     from styleswap.generator.recipe import load_recipe, make_config
+    from styleswap.generator.safe_paths import check_output_folder
 
     base = load_recipe(recipe) if recipe else {}
     settings = dict(base.get("engine_settings") or {})
@@ -120,10 +134,22 @@ def build(
                rows_per_shard=rows_per_shard, workers=workers, seed=seed, labels=labels, size=size,
                keep_empty=keep_empty, modality=modality, license=license, preview=preview,
                overwrite=overwrite or None, cache_dir=str(cache_dir) if cache_dir else None),
+        recipe_path=recipe,
     )
     if not recipe and out is None:
         raise StyleSwapError("give a recipe (augment build manifests/demo.yaml) or --out")
-    manifest = run_build(cfg, command=command_line())
+    check_output_folder(cfg.out)
+    if executor not in ("local", "ray"):
+        raise StyleSwapError(f"--executor must be local or ray, got {executor!r}")
+    if executor == "ray":
+        from styleswap.generator.ray_build import require_ray, run_build_ray
+
+        require_ray()  # one line naming the extra when Ray is missing
+        manifest = run_build_ray(cfg, command=command_line(), address=ray_address)
+    else:
+        if ray_address:
+            raise StyleSwapError("--ray-address needs --executor ray")
+        manifest = run_build(cfg, command=command_line())
     _summary(Path(cfg.out), manifest)
 
 
@@ -185,7 +211,9 @@ def convert(
 ) -> None:
     """Convert a dataset between Parquet and HDF5, losslessly, with the same shard boundaries."""
     from styleswap.generator.convert import convert_dataset
+    from styleswap.generator.safe_paths import check_output_folder
 
+    check_output_folder(out)
     manifest = convert_dataset(folder, out, to, overwrite=overwrite)
     _summary(out, manifest)
 
@@ -216,10 +244,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except VerificationError as e:
-        typer.echo(f"verify failed: {e}", err=True)
+        typer.echo(f"verify failed: {one_line(e)}", err=True)
         sys.exit(1)
     except StyleSwapError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(e)}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

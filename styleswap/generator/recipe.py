@@ -10,6 +10,7 @@ import yaml
 
 from styleswap.errors import StyleSwapError
 from styleswap.generator.build import BuildConfig
+from styleswap.generator.safe_paths import check_recipe_paths
 
 KEYS = {f.name for f in dataclasses.fields(BuildConfig)}
 
@@ -33,8 +34,13 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(recipe: dict[str, Any], overrides: dict[str, Any]) -> BuildConfig:
-    """Recipe values, then command-line flags that were given (not None) on top."""
+def make_config(recipe: dict[str, Any], overrides: dict[str, Any], recipe_path: str | Path | None = None) -> BuildConfig:
+    """Recipe values, then command-line flags that were given (not None) on top.
+
+    With ``recipe_path`` (the recipe came from a file) its write paths must stay inside the working
+    folder unless a flag overrides them (`safe_paths.check_recipe_paths`)."""
+    if recipe_path is not None:
+        check_recipe_paths(recipe, recipe_path, overrides)
     merged = dict(recipe)
     merged.update({k: v for k, v in overrides.items() if v is not None})
     try:

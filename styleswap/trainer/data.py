@@ -154,7 +154,7 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
         entries = [e for e in entries if e.get("split") == split]
     shards: list[ShardInfo] = []
     for entry in entries:
-        spath = root / entry["path"]
+        spath = contract.shard_file(root, entry["path"])
         if not spath.is_file():
             raise StyleSwapError(f"{spath}: shard listed in manifest.json is missing")
         n, units, names = _shard_units(spath, fmt)

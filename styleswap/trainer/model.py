@@ -145,12 +145,32 @@ def save_model(model: SegNet, folder: str | Path, extra_config: dict[str, Any] |
     return folder
 
 
+#: Weight files that are Python pickles: loading one can run arbitrary code, so none is ever
+#: loaded (our models are safetensors only); they are recognised by name, never opened.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _refuse_pickle(path: Path) -> StyleSwapError:
+    return StyleSwapError(
+        f"{path}: pickle weights are never loaded (loading them can run arbitrary code); "
+        f"a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}, as written by 'train seg'"
+    )
+
+
 def resolve_model_dir(path: str | Path) -> Path:
-    """A run folder (``best/`` preferred, then ``final/``) or a folder with config.json."""
+    """A run folder (``best/`` preferred, then ``final/``) or a folder with config.json.
+
+    Pickle weights (``*.pt``, ``*.bin``, ...) in place of ``model.safetensors`` are refused by name."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _refuse_pickle(path)
     for cand in (path / "best", path / "final", path):
         if (cand / CONFIG_NAME).is_file() and (cand / WEIGHTS_NAME).is_file():
             return cand
+    for cand in (path / "best", path / "final", path):
+        pickles = sorted(p for p in cand.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()) if cand.is_dir() else []
+        if pickles:
+            raise _refuse_pickle(pickles[0])
     raise StyleSwapError(f"{path}: no trained model ({CONFIG_NAME} + {WEIGHTS_NAME} in best/, final/ or the folder)")
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .loading import with_allow_pickle_flag
+
 DataOpt = Annotated[Path, typer.Option("--data", help="Source dataset folder (manifest.json + data/*.parquet).")]
 OutputOpt = Annotated[Path, typer.Option("--out", "--output-dir", "-o", help="Where models, checkpoints and validation images go.")]
 BaseOpt = Annotated[str, typer.Option("--base-model", help="Stable Diffusion folder or hub id, or 'tiny' (built from config here).")]
@@ -28,6 +30,7 @@ ValOpt = Annotated[Optional[int], typer.Option("--validation-steps", help="Write
 SeedOpt = Annotated[int, typer.Option("--seed")]
 ResOpt = Annotated[Optional[int], typer.Option("--resolution", help="Default: the model's (64 tiny, 512 SD 1.5).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Also load model folders whose weights are pickle files (*.bin, *.pt, *.ckpt, ...) and no safetensors. Pickle can run arbitrary code: only for files you trust.")]
 
 
 def _args(output_dir, max_train_steps, train_batch_size, learning_rate, gradient_accumulation_steps, mixed_precision,
@@ -44,6 +47,7 @@ def _args(output_dir, max_train_steps, train_batch_size, learning_rate, gradient
     )
 
 
+@with_allow_pickle_flag
 def finetune_cmd(
     data: DataOpt,
     output_dir: OutputOpt,
@@ -63,6 +67,7 @@ def finetune_cmd(
     resolution: ResOpt = None,
     device: DeviceOpt = None,
     vae_steps: Annotated[int, typer.Option("--vae-steps", help="tiny only: VAE-learning steps (cached in OUTPUT/base).")] = 400,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """DreamBooth-tune the U-Net on a dataset's source slices (tiny: learn the VAE first)."""
     from .finetune import finetune, learn_vae
@@ -91,6 +96,7 @@ def _vae_learned(folder: Path) -> bool:
     return bool(json.loads((folder / "styleswap_preset.json").read_text()).get("vae_learned"))
 
 
+@with_allow_pickle_flag
 def controlnet_cmd(
     data: DataOpt,
     output_dir: OutputOpt,
@@ -112,6 +118,7 @@ def controlnet_cmd(
     seed: SeedOpt = 0,
     resolution: ResOpt = None,
     device: DeviceOpt = None,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Train a mask-conditioned ControlNet on top of the tuned U-Net."""
     from .controlnet import train_controlnet

@@ -95,7 +95,9 @@ class ControlNetEngine(Engine):
     def prepare(cls, settings: dict[str, Any], source_dir: Path | None, cache_dir: Path) -> dict[str, Any]:
         """Train what is missing (VAE for tiny, DreamBooth, ControlNet), reuse what exists."""
         from .chain import ensure_models
+        from .loading import check_local_models
 
+        check_local_models({"base_model": settings.get("base_model")})  # before the cache is written
         return ensure_models(settings, source_dir, cache_dir)
 
     def __init__(
@@ -148,6 +150,9 @@ class ControlNetEngine(Engine):
         self.pipeline = None
         self.resolution: int | None = self.settings["resolution"]
         self.conditioning: str = conditioning or "mask"
+        from .loading import check_local_models
+
+        check_local_models(self.settings)  # bad or pickle-only folders fail here, before a build writes
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self) -> None:

@@ -198,7 +198,7 @@ def _msd(root: Path, ds_json: Path, meta: dict) -> Layout:
     for i, entry in enumerate(meta["training"]):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise StyleSwapError(f"{ds_json}: training[{i}] must be an object with 'image' and 'label'")
-        image, label = root / entry["image"], root / entry["label"]
+        image, label = _inside(root, ds_json, i, "image", entry["image"]), _inside(root, ds_json, i, "label", entry["label"])
         _require_file(image, "image")
         _require_file(label, "label", f" for {image}")
         case_id = strip_nifti(image.name)
@@ -252,6 +252,18 @@ def _png_folder(root: Path) -> Layout:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+
+def _inside(root: Path, ds_json: Path, i: int, key: str, rel: object) -> Path:
+    """``root / rel`` for a path listed in dataset.json, refused when it is absolute or climbs out
+    of the dataset folder with ``..``: a dataset.json (often downloaded) names files of its own
+    folder only, never others on this machine. Links inside the folder are its owner's choice."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise StyleSwapError(f"{ds_json}: training[{i}] {key} must be a relative path, got {rel!r}")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or Path(rel).drive or ".." in parts:
+        raise StyleSwapError(f"{ds_json}: training[{i}] {key} {rel!r} leads outside {root}; paths must stay inside the dataset folder")
+    return root / rel
 
 
 def _require_file(path: Path, what: str, context: str = "") -> None:

@@ -19,20 +19,30 @@ from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.base import SourceSlice
 from styleswap.generator.sources.intensity import normalize_intensity
 from styleswap.generator.sources.slicing import emit_slices, select_slices
-from styleswap.generator.sources.volumes import LabelMap
+from styleswap.generator.sources.volumes import LabelMap, check_memory
 
 UNKNOWN_SPACING = (1.0, 1.0, 1.0)
 RULE = "8-bit images as stored (x / 255); 16-bit/float images: per-case percentiles 0.5..99.5"
 
 
 def _open(path: Path) -> Image.Image:
+    """The decoded PNG (PNG only: other formats are refused, whatever the file's name). Its size is
+    checked from the header before any pixel is decoded: a crafted header (a "decompression
+    bomb") is refused, never allocated."""
     if path.stat().st_size == 0:
         raise StyleSwapError(f"{path}: empty file (0 bytes)")
     try:
-        img = Image.open(path)
+        img = Image.open(path, formats=["PNG"])  # only PIL's PNG decoder ever sees the bytes
+        check_memory(path, img.size[::-1], "image")
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise StyleSwapError(f"{path}: cannot read as PNG ({' '.join(str(e).split())})") from None
+    except StyleSwapError:
+        raise
+    except UnidentifiedImageError:
+        raise StyleSwapError(f"{path}: cannot read as PNG (not PNG data)") from None
+    except Image.DecompressionBombError as e:  # over PIL's own pixel limit (which Image.open checks)
+        raise StyleSwapError(f"{path}: refusing to decode ({' '.join(str(e).split())})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise StyleSwapError(f"{path}: cannot read as PNG ({' '.join(str(e).split()) or type(e).__name__})") from None
     return img
 
 

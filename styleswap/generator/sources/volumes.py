@@ -6,6 +6,7 @@ data from the message alone, and the build never writes a half-understood volume
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -21,9 +22,47 @@ from styleswap.generator.sources.layouts import CaseRef
 AFFINE_RTOL = 1e-3
 AFFINE_ATOL_MM = 1e-2
 
+#: A volume is refused before any voxel is read when its float32 copy would exceed this many GiB
+#: (the header's shape says how big it is; a crafted or broken header must not make us allocate).
+#: Environment variable ``STYLESWAP_MAX_VOLUME_GIB`` raises or lowers it.
+MAX_VOLUME_ENV = "STYLESWAP_MAX_VOLUME_GIB"
+DEFAULT_MAX_VOLUME_GIB = 8.0
+
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def max_volume_bytes() -> int:
+    """The memory cap of one decoded volume or image, from ``STYLESWAP_MAX_VOLUME_GIB`` (default 8)."""
+    raw = os.environ.get(MAX_VOLUME_ENV, "").strip()
+    try:
+        gib = float(raw) if raw else DEFAULT_MAX_VOLUME_GIB
+    except ValueError:
+        gib = float("nan")
+    if not gib > 0 or gib == float("inf"):
+        raise StyleSwapError(f"{MAX_VOLUME_ENV}={raw!r}: expected a positive number of GiB")
+    return int(gib * 2**30)
+
+
+def check_memory(path: str | Path, shape: tuple[int, ...], what: str = "volume") -> None:
+    """Refuse, before reading any voxel, a ``shape`` whose float32 copy exceeds the cap."""
+    voxels = 1
+    for n in shape:
+        voxels *= int(n)
+    need, cap = voxels * 4, max_volume_bytes()
+    if need > cap:
+        raise StyleSwapError(
+            f"{path}: {what} of shape {tuple(int(n) for n in shape)} needs {_size(need)} in memory (float32), "
+            f"more than the {_size(cap)} limit; set {MAX_VOLUME_ENV} to raise it if the file is genuine"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 # --- labels ------------------------------------------------------------------------------------------
@@ -162,7 +201,8 @@ def make_label_map(
 
 def read_nifti(path: str | Path) -> nib.spatialimages.SpatialImage:
     """The image header-loaded (data stays on disk), as a 3D image; a trailing singleton 4th
-    dimension is squeezed, a real 4D volume is refused."""
+    dimension is squeezed, a real 4D volume is refused, and so is a volume too big for memory
+    (`check_memory`), from the header alone."""
     path = Path(path)
     if not path.is_file():
         raise StyleSwapError(f"{path}: no such file")
@@ -170,25 +210,62 @@ def read_nifti(path: str | Path) -> nib.spatialimages.SpatialImage:
         raise StyleSwapError(f"{path}: empty file (0 bytes)")
     try:
         img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        dtype = np.dtype(img.get_data_dtype())
     except Exception as e:  # nibabel raises many types for a bad file; all mean the same to a user
         raise StyleSwapError(f"{path}: cannot read as NIfTI ({_one_line(e)})") from None
-    shape = img.shape
-    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
-        img = nib.funcs.squeeze_image(img)
-        shape = img.shape
-    if len(shape) != 3:
-        raise StyleSwapError(f"{path}: {len(shape)}D volume of shape {tuple(shape)}; expected a 3D volume (one channel)")
+    squeezed = shape[:3] + tuple(n for n in shape[3:] if n != 1) if len(shape) > 3 else shape
+    if len(squeezed) != 3:
+        raise StyleSwapError(f"{path}: {len(shape)}D volume of shape {shape}; expected a 3D volume (one channel)")
     if min(shape) < 1:
-        raise StyleSwapError(f"{path}: empty volume of shape {tuple(shape)}")
+        raise StyleSwapError(f"{path}: empty volume of shape {shape}")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise StyleSwapError(f"{path}: voxel type {dtype} is not supported; expected integer or float voxels")
+    check_memory(path, squeezed)
+    if len(shape) > 3:
+        img = nib.funcs.squeeze_image(img)
     return img
+
+
+def _unreadable(e: BaseException, path: Path) -> str:
+    """nibabel's reason, on one line, without the path the message already starts with."""
+    return _one_line(e).replace(str(path), "the file")
+
+
+def _canonical(img, path: Path):
+    """``img`` reoriented to RAS+; reorienting reads the voxels, so a short file fails here."""
+    try:
+        return nib.as_closest_canonical(img)
+    except Exception as e:  # truncated gzip, short file, ...
+        raise StyleSwapError(f"{path}: cannot read voxel data ({_unreadable(e, path)})") from None
 
 
 def _data(img, path: Path, dtype=None) -> np.ndarray:
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip, short file, ...
-        raise StyleSwapError(f"{path}: cannot read voxel data ({_one_line(e)})") from None
+        raise StyleSwapError(f"{path}: cannot read voxel data ({_unreadable(e, path)})") from None
     return data if dtype is None else data.astype(dtype, copy=False)
+
+
+def _grid_difference(label_affine: np.ndarray, image_affine: np.ndarray) -> str:
+    """What differs between two affines, in words: orientation, spacing and/or origin."""
+
+    def fmt(v: np.ndarray) -> str:
+        return "(" + ", ".join(f"{float(x):g}" for x in v) + ")"
+
+    parts = []
+    lab_axes = "".join(nib.aff2axcodes(label_affine))
+    img_axes = "".join(nib.aff2axcodes(image_affine))
+    if lab_axes != img_axes:
+        parts.append(f"orientation {lab_axes} vs {img_axes}")
+    lab_zooms = np.sqrt((label_affine[:3, :3] ** 2).sum(axis=0))
+    img_zooms = np.sqrt((image_affine[:3, :3] ** 2).sum(axis=0))
+    if not np.allclose(lab_zooms, img_zooms, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
+        parts.append(f"spacing {fmt(lab_zooms)} vs {fmt(img_zooms)} mm")
+    if not np.allclose(label_affine[:3, 3], image_affine[:3, 3], rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
+        parts.append(f"origin {fmt(label_affine[:3, 3])} vs {fmt(image_affine[:3, 3])} mm")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def load_case(case: CaseRef, label_map: LabelMap, modality: str) -> Volume:
@@ -204,11 +281,11 @@ def load_case(case: CaseRef, label_map: LabelMap, modality: str) -> Volume:
     if not np.allclose(img.affine, lab.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
         diff = float(np.abs(img.affine - lab.affine).max())
         raise StyleSwapError(
-            f"{case.label}: affine differs from the image's ({case.image}) by up to {diff:.3g}; "
-            "image and label must share one voxel grid"
+            f"{case.label}: affine differs from the image's ({case.image}) by up to {diff:.3g}"
+            f"{_grid_difference(lab.affine, img.affine)}; image and label must share one voxel grid"
         )
-    img = nib.as_closest_canonical(img)
-    lab = nib.as_closest_canonical(lab)
+    img = _canonical(img, case.image)
+    lab = _canonical(lab, case.label)
 
     image = _data(img, case.image, np.float32)
     if not np.isfinite(image).all():

@@ -1,0 +1,98 @@
+"""`augment build --executor ray` (Ray Data actors) on a local Ray instance: the bytes of one worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_util import augment
+
+COMMON = ["--size", "48", "--keep-empty", "0", "--rows-per-shard", "9", "--no-preview", "--seed", "3"]
+GIN = ["--engine", "gin", "--copies", "2"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+def data_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "data").iterdir())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_ray_build_writes_the_bytes_of_one_worker(ray_local, tmp_path_factory, fmt):
+    tmp = tmp_path_factory.mktemp(fmt)
+    cache = tmp_path_factory.getbasetemp() / "ray-cache"  # the raw source is ingested once for both
+    one, two = tmp / "one", tmp / "two"
+    code, _, err = augment(["build", "--source", "phantom:2", "--out", str(one), "--format", fmt,
+                            "--workers", "1", *GIN, *COMMON])
+    assert code == 0, err
+    code, out, err = augment(["build", "--source", "phantom:2", "--out", str(two), "--format", fmt,
+                              "--executor", "ray", "--workers", "2", "--cache-dir", str(cache), *GIN, *COMMON])
+    assert code == 0, err
+    assert f"{fmt} shard(s)" in out
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
+    assert len(m2["shards"]) >= 3
+    assert m1["shards"] == m2["shards"]  # paths, row counts, bytes and sha256
+    assert m1["counts"] == m2["counts"] and m1["image_size"] == m2["image_size"]
+    assert data_bytes(one) == data_bytes(two)
+    assert not (two / ".partial").exists()
+    assert augment(["verify", str(two)])[0] == 0
+
+
+def test_read_positions_matches_the_source_stream(tmp_path):
+    from styleswap.generator import dataset
+    from styleswap.generator.ray_build import plan_tasks, read_positions
+
+    src = tmp_path / "src"
+    assert augment(["ingest", "phantom:1", "--out", str(src), "--size", "32", "--rows-per-shard", "5",
+                    "--no-preview"])[0] == 0
+    every = list(dataset.iter_source_slices(src))
+    manifest = dataset.read_manifest(src)
+    assert len(manifest["shards"]) >= 3
+    for a, b in [(0, 3), (3, 12), (4, 5), (len(every) - 2, len(every))]:  # within and across shards
+        got = read_positions(src, manifest, a, b)
+        assert [s.sample_id for s in got] == [s.sample_id for s in every[a:b]]
+        assert all((g.image == e.image).all() and (g.mask == e.mask).all() for g, e in zip(got, every[a:b]))
+    tasks = plan_tasks(len(every), per_chunk=3, copies=2, workers=2)
+    assert tasks[0][0] == 0 and tasks[-1][1] == len(every)
+    assert all(a % 3 == 0 and b == c for (a, b), (c, _) in zip(tasks, tasks[1:]))
+
+
+def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code, _, err = augment(["build", "--source", "phantom:1", "--out", str(tmp_path / "x"), "--executor", "ray",
+                            *GIN, *COMMON])
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "pip install 'styleswap[ray]'" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = augment(["build", "--source", "phantom:1", "--out", str(tmp_path / "y"), "--ray-address", "auto",
+                            *GIN, *COMMON])
+    assert code == 2 and "--executor ray" in err
+
+
+@pytest.mark.slow
+def test_an_actor_failure_is_one_styleswap_error_and_leaves_nothing(ray_local, tmp_path, monkeypatch):
+    from styleswap.errors import StyleSwapError
+    from styleswap.generator.build import BuildConfig
+    from styleswap.generator.engines import base
+    from styleswap.generator.ray_build import run_build_ray
+
+    # Known to this process only: the actors (other processes) fail to construct the engine.
+    monkeypatch.setitem(base.ENGINES, "here-only", base.ENGINES["bezier"])
+    cfg = BuildConfig(source="phantom:1", out=str(tmp_path / "out"), engine="here-only", copies=1, size=32,
+                      keep_empty=0.0, workers=2, preview=False, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(StyleSwapError, match="unknown engine 'here-only'"):
+        run_build_ray(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
