@@ -32,7 +32,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -49,6 +52,7 @@ from styleswap.safe_state import load_optimizer, save_optimizer
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
+from styleswap.trainer.schedule import INTENSITY_AUGS, LR_SCHEDULES, intensity_augment, lr_at
 
 LOSSES = ("erm", "dice", "dice+infonce")
 CSV_FIELDS = ("step", "epoch", "loss", "seg_loss", "nce_loss", "lr", "slices_per_s", "val_mean_dice")
@@ -68,6 +72,9 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    intensity_aug: str = "none"
     weight_decay: float = 1e-4
     seed: int = 0
     workers: int = 2
@@ -135,16 +142,66 @@ def geometric_augment(
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+#: What a checkpoint folder must hold to be resumed from.
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")
+_CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+
+
+def _missing_files(folder: Path) -> list[str]:
+    return [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+
+
 def find_checkpoint(out: Path, resume: str) -> Path | None:
-    """``latest`` -> newest ``checkpoints/step-*`` (None if there is none); else a folder path."""
+    """``latest`` -> newest complete ``checkpoints/step-N`` (None if there is none); else a folder path.
+
+    Checkpoints are written under ``checkpoints/.tmp-step-N`` and renamed only when complete and
+    synced (see ``checkpoint()`` in `train_segmentation`), so a write cut short never carries a
+    ``step-N`` name; any other name, or a folder missing a file, is skipped all the same.
+    """
     if resume == "latest":
-        cands = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        cands = [c for c in cands if (c / "trainer_state.json").is_file()]
-        return cands[-1] if cands else None
+        root = out / "checkpoints"
+        cands = []
+        for p in root.iterdir() if root.is_dir() else ():
+            m = _CHECKPOINT_NAME.fullmatch(p.name)
+            if m and p.is_dir() and not _missing_files(p):
+                cands.append((int(m.group(1)), p.name, p))
+        return max(cands)[2] if cands else None
     path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise StyleSwapError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
+    missing = _missing_files(path)
+    if missing:
+        raise StyleSwapError(f"--resume {resume}: not a complete checkpoint folder (no {', '.join(missing)})")
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit_checkpoint(tmp: Path, folder: Path) -> None:
+    """Make the finished ``tmp`` folder the checkpoint ``folder``: contents synced to disk, then one rename."""
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    _test_kill_point("checkpoint-commit", int(folder.name.split("-")[1]))
+    if folder.exists():  # only when re-running a step from an older checkpoint
+        shutil.rmtree(folder)
+    os.rename(tmp, folder)
+    _fsync(folder.parent)
+
+
+def _test_kill_point(point: str, step: int) -> None:
+    """Test hook: ``STYLESWAP_TEST_KILL_AT=POINT:STEP`` SIGKILLs this process there.
+
+    Points: ``checkpoint-write`` (model file written, the rest of the checkpoint not),
+    ``checkpoint-commit`` (all written and synced, not yet renamed), ``step`` (after step STEP,
+    its checkpoint included). Used by tests/test_trainer_resume_kill.py.
+    """
+    if os.environ.get("STYLESWAP_TEST_KILL_AT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _TrainModule(nn.Module):
@@ -219,6 +276,10 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.loss not in LOSSES:
         raise StyleSwapError(f"unknown --loss {cfg.loss!r} (choose from {', '.join(LOSSES)})")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise StyleSwapError(f"unknown --lr-schedule {cfg.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
+    if cfg.intensity_aug not in INTENSITY_AUGS:
+        raise StyleSwapError(f"unknown --intensity-aug {cfg.intensity_aug!r} (choose from {', '.join(INTENSITY_AUGS)})")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise StyleSwapError("--steps and --batch-size must be >= 1")
     if not cfg.data:
@@ -281,21 +342,23 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
     def checkpoint() -> None:
         if not main:
             return
-        folder = out / "checkpoints" / f"step-{step:07d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        root = out / "checkpoints"
+        folder = root / f"step-{step:07d}"
+        tmp = root / f".tmp-{folder.name}"
+        for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped().state_dict().items()}, str(tmp / "model.safetensors"))
+        _test_kill_point("checkpoint-write", step)
         save_optimizer(optimizer, tmp)
         (tmp / "config.json").write_text(json.dumps(mcfg, indent=2))
         state = {"step": step, "epoch": epoch, "batches_in_epoch": in_epoch, "best_val": best, "model_config": mcfg, "seed": cfg.seed}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)  # a crash never leaves a half-written checkpoint under the final name
+        _commit_checkpoint(tmp, folder)  # a kill before this leaves only .tmp-step-N, never picked
         if cfg.checkpoints_total_limit:
-            done = sorted((out / "checkpoints").glob("step-???????"), key=lambda p: p.name)
+            done = sorted((p for p in root.iterdir() if _CHECKPOINT_NAME.fullmatch(p.name)), key=lambda p: int(p.name.split("-")[1]))
             for old in done[: -cfg.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -331,6 +394,8 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         else:
             aug = batch["augmented"].to(accelerator.device, non_blocking=True)
             (img, aug), mask = geometric_augment([img, aug], mask, gen, flip_prob=cfg.flip_prob, rotate_deg=cfg.rotate_deg, scale=cfg.scale, swap=swap)
+            aug = intensity_augment(aug, gen, cfg.intensity_aug)
+        img = intensity_augment(img, gen, cfg.intensity_aug)
         b = img.shape[0]
         with accelerator.autocast():
             logits_o, logits_c, nce_value = module(img, None if cfg.loss == "erm" else aug, layers, gen)
@@ -340,6 +405,8 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
             loss = seg if nce_value is None else seg + cfg.nce_weight * nce_value
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
+        for group in optimizer.param_groups:  # a pure function of the step: resume needs no scheduler state
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps)
         optimizer.step()
         step += 1
         seen_last += b * world
@@ -372,6 +439,7 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
                 _write_curves(rows, out / "curves.png")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
+        _test_kill_point("step", step)
         if val_now:  # evaluation time is not training throughput
             t_last = time.perf_counter()
     bar.close()

@@ -1,0 +1,63 @@
+"""Learning-rate schedules, photometric jitter and the largest-component post-processing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from styleswap.trainer.evaluate import dice_per_organ, keep_largest_component
+from styleswap.trainer.schedule import intensity_augment, lr_at
+
+
+def test_lr_schedules_against_hand_values():
+    assert lr_at(0, 100, 1e-3) == lr_at(99, 100, 1e-3) == 1e-3
+    # cosine: base at the start, base/2 halfway, 0 at the end
+    assert lr_at(0, 100, 1e-3, "cosine") == pytest.approx(1e-3)
+    assert lr_at(50, 100, 1e-3, "cosine") == pytest.approx(0.5e-3)
+    assert lr_at(100, 100, 1e-3, "cosine") == pytest.approx(0.0, abs=1e-12)
+    # poly: nnU-Net's (1 - t)^0.9
+    assert lr_at(50, 100, 1e-3, "poly") == pytest.approx(1e-3 * 0.5**0.9)
+    # warm-up: linear to base over 10 steps, then the schedule runs over the remaining 90
+    assert lr_at(0, 100, 1e-3, "cosine", warmup=10) == pytest.approx(1e-4)
+    assert lr_at(9, 100, 1e-3, "cosine", warmup=10) == pytest.approx(1e-3)
+    assert lr_at(55, 100, 1e-3, "cosine", warmup=10) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_at(0, 10, 1e-3, "step")
+
+
+def test_intensity_jitter_is_seeded_bounded_and_per_image():
+    x = torch.linspace(0, 1, 2 * 32 * 32).reshape(2, 1, 32, 32)
+    a = intensity_augment(x, torch.Generator().manual_seed(3))
+    b = intensity_augment(x, torch.Generator().manual_seed(3))
+    c = intensity_augment(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+    assert not torch.allclose(a, x, atol=1e-3)  # it changes intensities
+    assert intensity_augment(x, torch.Generator(), "none") is x
+    # each image draws its own parameters: the same input in two batch slots comes out different
+    same = x[:1].repeat(2, 1, 1, 1)
+    out = intensity_augment(same, torch.Generator().manual_seed(0))
+    assert not torch.equal(out[0], out[1])
+    with pytest.raises(ValueError, match="unknown intensity augmentation"):
+        intensity_augment(x, torch.Generator(), "heavy")
+
+
+def test_largest_component_removes_islands_and_raises_dice_as_computed_by_hand():
+    gt = np.zeros((4, 10, 10), np.int64)
+    gt[1:3, 2:6, 2:6] = 1  # organ 1: 2 x 4 x 4 = 32 voxels
+    gt[1:3, 7:9, 7:9] = 2  # organ 2: 2 x 2 x 2 = 8 voxels
+    pred = gt.copy()
+    pred[0, 0, 9] = 1  # a one-voxel island of organ 1, far from it
+    pred[3, 9, 0:2] = 2  # a two-voxel island of organ 2
+    post = keep_largest_component(pred, num_classes=3)
+    assert np.array_equal(post, gt)
+    # before: organ 1 Dice = 2*32 / (33 + 32), organ 2 = 2*8 / (10 + 8)
+    np.testing.assert_allclose(dice_per_organ(pred, gt, 3), [64 / 65, 16 / 18])
+    np.testing.assert_allclose(dice_per_organ(post, gt, 3), [1.0, 1.0])
+    # 26-connectivity: a diagonal neighbour across slices belongs to the same component
+    diag = np.zeros((2, 3, 3), np.int64)
+    diag[0, 0, 0] = diag[1, 1, 1] = 1
+    assert np.array_equal(keep_largest_component(diag, 2), diag)
