@@ -1,7 +1,7 @@
 """``train``: thin Typer commands over `styleswap.trainer.train` and `styleswap.trainer.evaluate`.
 
     train seg  --data DIR [--data DIR2] [--val DIR] --out runs/NAME [options]
-    train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta]
+    train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta] [--largest-component]
 
 Known errors (`StyleSwapError`) become one line ``error: ...`` on stderr and exit code 2.
 """
@@ -15,22 +15,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from styleswap.errors import StyleSwapError
+from styleswap.errors import StyleSwapError, one_line
 
 app = typer.Typer(help="Train and evaluate segmentation networks on StyleSwap dataset folders.", no_args_is_help=True, add_completion=False)
 
 DataOpt = Annotated[list[Path], typer.Option("--data", help="Dataset folder (repeatable).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
-
-
-def one_line(err: BaseException) -> str:
-    """The message of an error as one line (DataLoader workers re-raise with a traceback appended)."""
-    text = str(err).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):  # worker re-raise: "...Original Traceback...\nstyleswap.errors.StyleSwapError: msg"
-        if "StyleSwapError: " in ln or "VerificationError: " in ln:
-            return ln.split("Error: ", 1)[1]
-    return lines[0] if lines else err.__class__.__name__
 
 
 def _errors_to_exit(fn):
@@ -60,6 +50,9 @@ def seg(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Source slices per step and process (the copies come on top).")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    lr_schedule: Annotated[str, typer.Option(help="constant | cosine (to 0 at --steps) | poly (nnU-Net's (1-t)^0.9).")] = "constant",
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    intensity_aug: Annotated[str, typer.Option(help="none | standard (per-image gamma, contrast, brightness, noise on originals and copies).")] = "none",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed for init, data order, copies, augmentation.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,
@@ -86,7 +79,7 @@ def seg(
     cfg = TrainConfig(
         data=[str(d) for d in data], out=str(out), val=str(val) if val else None, split=split, loss=loss, arch=arch,
         channels=channels, depth=depth, num_res_units=res_units, steps=steps, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, seed=seed, workers=workers, buffer_size=buffer_size, nce_weight=nce_weight,
+        lr_schedule=lr_schedule, warmup_steps=warmup_steps, intensity_aug=intensity_aug, weight_decay=weight_decay, seed=seed, workers=workers, buffer_size=buffer_size, nce_weight=nce_weight,
         nce_temperature=nce_temperature, nce_patches=nce_patches, nce_layers=nce_layers, nce_mlp=nce_mlp,
         flip_prob=flip_prob, rotate_deg=rotate, scale=scale, log_every=log_every, val_every=val_every,
         checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_total_limit or None,
@@ -105,13 +98,14 @@ def eval_(
     split: Annotated[Optional[str], typer.Option(help="Use only shards of this split.")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="Also compute HD95 (mm).")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction.")] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component per case.")] = False,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
 ) -> None:
     """Per-organ 3D Dice (and HD95) per case: metrics.json, metrics.md, predictions.png."""
     from styleswap.trainer.evaluate import evaluate_model, metrics_markdown
 
-    metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, hd95=hd95, device=device, split=split)
+    metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
     typer.echo(metrics_markdown(metrics))
 
 

@@ -120,6 +120,26 @@ def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap:
     return probs.argmax(dim=1)
 
 
+def keep_largest_component(volume: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per organ, keep only the largest 3D connected component (26-connectivity) of ``volume``.
+
+    ``volume`` (D, H, W) label ids; the voxels of smaller components become background. Each
+    abdominal organ here is one connected body, so stray islands are false positives; this is
+    the usual post-processing of cross-modality segmentation (it uses no target labels).
+    """
+    from scipy import ndimage
+
+    out = volume.copy()
+    structure = np.ones((3, 3, 3), bool)
+    for c in range(1, num_classes):
+        comp, n = ndimage.label(volume == c, structure=structure)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[(comp > 0) & (comp != sizes.argmax())] = 0
+    return out
+
+
 def evaluate_info(
     model: SegNet,
     info: DatasetInfo,
@@ -127,13 +147,15 @@ def evaluate_info(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     tta: bool = False,
+    largest_component: bool = False,
     hd95: bool = False,
     overlay_slices: int = 3,
     workers: int = 0,
 ) -> tuple[dict[str, Any], dict[str, list]]:
     """Run the model over every slice of ``info`` and score per case in 3D.
 
-    Returns (metrics, overlays) where overlays maps case -> up to ``overlay_slices`` tuples
+    ``largest_component`` applies `keep_largest_component` to each case's stacked prediction
+    before scoring (slices are stacked by ``slice_index``). Returns (metrics, overlays) where overlays maps case -> up to ``overlay_slices`` tuples
     ``(slice_index, image (H, W) float, gt (H, W), pred (H, W))`` with the most ground-truth foreground.
     """
     ncls = int(model.config["num_classes"])
@@ -159,9 +181,10 @@ def evaluate_info(
             gt = batch["mask"][:, 0].numpy()
             n_slices += len(gt)
             for i, case in enumerate(batch["case_id"]):
-                counts[case] += np.stack(class_counts(pred[i], gt[i], ncls))
+                if not largest_component:  # else scored per case once the volume is complete
+                    counts[case] += np.stack(class_counts(pred[i], gt[i], ncls))
                 sl = int(batch["slice_index"][i])
-                if hd95:
+                if hd95 or largest_component:
                     volumes[case].append((sl, pred[i].astype(np.uint8), gt[i].astype(np.uint8)))
                     spacing[case] = batch["spacing"][i].tolist()
                 if overlay_slices:
@@ -171,11 +194,22 @@ def evaluate_info(
                     del ov[overlay_slices:]
     finally:
         model.train(was_training)
+    if largest_component:
+        for case, sl in volumes.items():
+            sl.sort(key=lambda t: t[0])
+            pred_v = keep_largest_component(np.stack([t[1] for t in sl]), ncls)
+            gt_v = np.stack([t[2] for t in sl])
+            counts[case] = np.stack(class_counts(pred_v, gt_v, ncls))
+            volumes[case] = [(t[0], p, t[2]) for t, p in zip(sl, pred_v)]
+        post = {c: {t[0]: t[1] for t in v} for c, v in volumes.items()}
+        for c, ov in overlays.items():  # show the post-processed prediction
+            ov[:] = [(n, i, im, g, post[c][i]) for n, i, im, g, _ in ov]
     case_dice = {c: dice_from_counts(*v) for c, v in counts.items()}
     case_hd = _hd95(volumes, spacing, ncls) if hd95 else None
     metrics = summarize(case_dice, organ_names, case_hd)
     metrics["num_slices"] = n_slices
     metrics["tta"] = tta
+    metrics["largest_component"] = largest_component
     return metrics, {c: [t[1:] for t in sorted(v, key=lambda t: t[1])] for c, v in overlays.items()}
 
 
@@ -258,6 +292,7 @@ def evaluate_model(
     *,
     batch_size: int = 16,
     tta: bool = False,
+    largest_component: bool = False,
     hd95: bool = False,
     device: str | None = None,
     split: str | None = None,
@@ -268,7 +303,7 @@ def evaluate_model(
     folder = resolve_model_dir(model_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(folder, map_location="cpu").to(dev)
-    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, hd95=hd95, workers=workers)
+    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
     metrics["model"] = str(folder)
     metrics["data"] = str(Path(data_dir))
     out = Path(out_dir)
