@@ -92,14 +92,14 @@ def list_cases(src: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--short", action="store_true", help="CI mode: few cases, small slices, a few hundred steps")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per row (default 5500, 45 min of the best row on 2 cores; --short: 300)")
+    ap.add_argument("--short", action="store_true", help="CI mode: 12 cases, 64 x 64, 1000 steps, ERM and the best row")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per row (default 5500, 45 min of the best row on 2 cores; --short: 1000)")
     ap.add_argument("--nce-weight", type=float, default=0.1, help="PatchNCE weight of the InfoNCE rows")
     ap.add_argument("--size", type=int, default=None, help="slice size (default 128; --short: 64)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--copies", type=int, default=None, help="copies per slice (default 8; --short: 2)")
     ap.add_argument("--val-cases", type=int, default=None, help="CT cases held out for validation (default 6; --short: 2)")
-    ap.add_argument("--train-cases", type=int, default=None, help="CT training cases (default all; --short: 6)")
+    ap.add_argument("--train-cases", type=int, default=None, help="CT training cases (default all; --short: 12)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "results" / "cross_modality")
@@ -113,7 +113,7 @@ def main() -> int:
         print(f"skipped: {DATA} (abdomen-ct, abdomen-mr-dev) is absent; the benchmark needs the shared data")
         return 0
     short = args.short
-    steps = args.steps or (300 if short else 5500)
+    steps = args.steps or (1000 if short else 5500)
     size = args.size or (64 if short else 128)
     copies = args.copies or (2 if short else 8)
     n_val = args.val_cases or (2 if short else 6)
@@ -126,7 +126,7 @@ def main() -> int:
     val_cases = cases[-n_val:]  # fixed, documented hold-out: the last cases by name
     train_cases = cases[: len(cases) - n_val]
     if args.train_cases or short:
-        train_cases = train_cases[: args.train_cases or 6]
+        train_cases = train_cases[: args.train_cases or 12]
     split_cases(ct_src, W / "src" / "ct-train", train_cases)
     split_cases(ct_src, W / "src" / "ct-val", val_cases)
 
