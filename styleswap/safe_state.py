@@ -1,4 +1,5 @@
-"""Optimizer state as safetensors + JSON, for both halves' checkpoints (never a pickle).
+"""Durable state for both halves: optimizer state as safetensors + JSON (never a pickle), and
+``fsync_path`` for write-then-rename commits.
 
 Like ``contract`` and ``errors``, this module belongs to neither half: the trainer and the
 diffusion stages both resume from it without importing each other.
@@ -7,6 +8,7 @@ diffusion stages both resume from it without importing each other.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     for pid, st in meta["state"].items():
         state.setdefault(int(pid), {}).update(st)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a closed file, or a folder's entries (after a rename), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

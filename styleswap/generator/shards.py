@@ -21,6 +21,7 @@ import numpy as np
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
+from styleswap.safe_state import fsync_path
 
 #: Rows per Parquet row group: small enough that a streaming reader holds little, large enough
 #: that per-group overhead is negligible (a 192x192 row with 4 copies is ~100 KB of PNG).
@@ -61,15 +62,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a closed file, or a folder's entries (after a rename), to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def kill_point(name: str) -> None:

@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from styleswap.errors import StyleSwapError
-from styleswap.safe_state import load_optimizer, save_optimizer
+from styleswap.safe_state import fsync_path, load_optimizer, save_optimizer
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
@@ -173,24 +173,16 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
     return path
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _commit_checkpoint(tmp: Path, folder: Path) -> None:
     """Make the finished ``tmp`` folder the checkpoint ``folder``: contents synced to disk, then one rename."""
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     _test_kill_point("checkpoint-commit", int(folder.name.split("-")[1]))
     if folder.exists():  # only when re-running a step from an older checkpoint
         shutil.rmtree(folder)
     os.rename(tmp, folder)
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
 
 
 def _test_kill_point(point: str, step: int) -> None:
