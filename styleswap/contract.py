@@ -44,6 +44,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 DATA_DIR = "data"
+#: Where a build stages its shards until it commits (the generator's; never read by the trainer).
+STAGING_DIR = ".partial"
 FORMATS = ("parquet", "hdf5")
 SHARD_SUFFIX = {"parquet": ".parquet", "hdf5": ".h5"}
 

@@ -40,6 +40,7 @@ from styleswap.errors import StyleSwapError
 from styleswap.generator import card, dataset, shards
 from styleswap.generator.engines.base import CopyRequest, Engine, engine_class, get_engine
 from styleswap.generator.seeds import derive_seed
+from styleswap.generator.safe_paths import check_output_folder
 from styleswap.generator.sources.base import SourceSlice
 
 
@@ -227,6 +228,7 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
     An interrupted build (killed, disk full) resumes when the same command runs again.
     """
     cfg.validate()
+    check_output_folder(cfg.out)  # before any work: a raw source is ingested into the cache first
     if distributed is None:
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:

@@ -62,7 +62,6 @@ def ingest(
     """
     from styleswap.generator.build import command_line, run_build
     from styleswap.generator.recipe import make_config
-    from styleswap.generator.safe_paths import check_output_folder
 
     src: Any = source[0] if len(source) == 1 else source
     cfg = make_config(
@@ -70,7 +69,6 @@ def ingest(
         _flags(out=str(out), labels=labels, size=size, keep_empty=keep_empty, modality=modality, format=fmt,
                rows_per_shard=rows_per_shard, seed=seed, overwrite=overwrite, preview=preview),
     )
-    check_output_folder(out)
     manifest = run_build(cfg, command=command_line())
     _summary(out, manifest)
 
@@ -116,7 +114,6 @@ def build(
     """
     from styleswap.generator.build import command_line, run_build
     from styleswap.generator.recipe import load_recipe, make_config
-    from styleswap.generator.safe_paths import check_output_folder
 
     base = load_recipe(recipe) if recipe else {}
     settings = dict(base.get("engine_settings") or {})
@@ -138,7 +135,6 @@ def build(
     )
     if not recipe and out is None:
         raise StyleSwapError("give a recipe (augment build manifests/demo.yaml) or --out")
-    check_output_folder(cfg.out)
     if executor not in ("local", "ray"):
         raise StyleSwapError(f"--executor must be local or ray, got {executor!r}")
     if executor == "ray":
@@ -211,9 +207,7 @@ def convert(
 ) -> None:
     """Convert a dataset between Parquet and HDF5, losslessly, with the same shard boundaries."""
     from styleswap.generator.convert import convert_dataset
-    from styleswap.generator.safe_paths import check_output_folder
 
-    check_output_folder(out)
     manifest = convert_dataset(folder, out, to, overwrite=overwrite)
     _summary(out, manifest)
 

@@ -18,7 +18,7 @@ from styleswap.generator import shards
 from styleswap.generator.safe_paths import check_output_folder
 from styleswap.generator.sources.base import SourceSlice
 
-STAGING_DIR = ".partial"
+STAGING_DIR = contract.STAGING_DIR
 TOOL = "styleswap"
 #: In the staging folder: the settings the staged shards were rendered with (a rerun resumes only
 #: under the same ones). Next to each finished staged shard, ``<shard>.json``: its receipt.
@@ -135,7 +135,7 @@ def output_folder(out: Path, overwrite: bool = False, fingerprint: dict[str, Any
     for a mistyped flag. Without a fingerprint (convert) staging always starts empty.
     """
     out = Path(out)
-    check_output_folder(out)  # also for API callers (the ingest cache), not only the CLI
+    check_output_folder(out)  # every writer of a dataset folder comes through here (convert too)
     staging = out / STAGING_DIR
     created = not out.exists()
     previous = _read_json(staging / BUILD_FILE) if fingerprint is not None else None

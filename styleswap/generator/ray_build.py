@@ -50,6 +50,7 @@ from styleswap.generator.build import (
     render_chunk,
 )
 from styleswap.generator.distributed import plan_shards
+from styleswap.generator.safe_paths import check_output_folder
 from styleswap.generator.sources.base import SourceSlice
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'styleswap[ray]'"
@@ -228,6 +229,7 @@ def run_build_ray(cfg: BuildConfig, command: str | None = None, progress: bool =
     """
     ray = require_ray()
     cfg.validate()
+    check_output_folder(cfg.out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StyleSwapError("--executor ray starts its own workers: run it once, not under torchrun/accelerate")
     source = ingested_source(cfg).resolve()

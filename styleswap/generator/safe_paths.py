@@ -28,9 +28,8 @@ from styleswap.errors import StyleSwapError
 
 #: Recipe keys that name a folder the build writes into, and the flag that overrides each.
 WRITE_KEYS = {"out": "--out", "cache_dir": "--cache-dir"}
-STAGING_DIR = ".partial"  # dataset.STAGING_DIR (not imported: dataset imports the shard writers)
 #: What a build writes, replaces or deletes at the top of its output folder.
-WRITTEN = (contract.DATA_DIR, STAGING_DIR, contract.MANIFEST_NAME, contract.MANIFEST_NAME + ".tmp",
+WRITTEN = (contract.DATA_DIR, contract.STAGING_DIR, contract.MANIFEST_NAME, contract.MANIFEST_NAME + ".tmp",
            contract.CARD_NAME, "preview.png")
 
 
@@ -58,7 +57,7 @@ def check_output_folder(out: str | Path) -> None:
                 f"{path}: a symbolic link (to {_link(path)}) in the output folder; refusing to write or delete "
                 "through it: remove the link"
             )
-    for sub in (contract.DATA_DIR, STAGING_DIR):
+    for sub in (contract.DATA_DIR, contract.STAGING_DIR):
         folder = out / sub
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
