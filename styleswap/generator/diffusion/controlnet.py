@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from styleswap.errors import StyleSwapError
 
 from .conditioning import ENCODINGS
-from .data import load_slices
-from .finetune import DEFAULT_INSTANCE_PROMPT, _frozen_to, diffusion_batch, encode_latent_stats, encode_text, instance_prompts
+from .finetune import DEFAULT_INSTANCE_PROMPT, _frozen_to, diffusion_batch, encode_training_set
 from .loading import load_components, load_unet
 from .training import TrainArgs, barrier, image_grid, stage_record, train, write_json
 
@@ -56,13 +55,7 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
     args.output_dir = out
     comps = load_components(base_model, local_files_only=local_files_only, with_unet=False)
     tuned = load_unet(unet)
-    slices = load_slices(data_dir)
-    res = resolution or comps.resolution
-    if res % 8:
-        raise StyleSwapError(f"--resolution {res} is not divisible by 8")
-    prompts = instance_prompts(slices, instance_prompt)
-    emb = encode_text(comps, prompts)
-    mean, std = encode_latent_stats(comps, slices, res)
+    slices, res, prompts, emb, mean, std = encode_training_set(comps, data_dir, resolution, instance_prompt)
     conds = torch.stack([slices.cond_tensor(i, res, conditioning) for i in range(len(slices))])
     vsf = 2 ** (len(comps.vae.config.block_out_channels) - 1)
     cn = ControlNetModel.from_unet(tuned, conditioning_embedding_out_channels=conditioning_channels(tuned, vsf))

@@ -50,6 +50,19 @@ def encode_latent_stats(comps: SDComponents, slices: SliceSet, resolution: int, 
     return torch.cat(means), torch.cat(stds)
 
 
+def encode_training_set(comps: SDComponents, data_dir: str | Path, resolution: int | None, instance_prompt: str):
+    """What both diffusion stages train on: (slices, resolution, instance prompts, their embeddings,
+    latent mean and std per slice), with the frozen text encoder and VAE run once up front."""
+    slices = load_slices(data_dir)
+    res = resolution or comps.resolution
+    if res % 8:
+        raise StyleSwapError(f"--resolution {res} is not divisible by 8")
+    prompts = instance_prompts(slices, instance_prompt)
+    emb = encode_text(comps, prompts)
+    mean, std = encode_latent_stats(comps, slices, res)
+    return slices, res, prompts, emb, mean, std
+
+
 def diffusion_batch(comps: SDComponents, mean, std, idx, gen):
     """Noisy latents, timesteps and the training target of one micro-batch (all on CPU)."""
     sched = comps.scheduler
@@ -158,13 +171,7 @@ def finetune(base_model: str | Path, data_dir: str | Path, output_dir: str | Pat
     args = args or TrainArgs(output_dir=out)
     args.output_dir = out
     comps = load_components(base_model, local_files_only=local_files_only)
-    slices = load_slices(data_dir)
-    res = resolution or comps.resolution
-    if res % 8:
-        raise StyleSwapError(f"--resolution {res} is not divisible by 8")
-    prompts = instance_prompts(slices, instance_prompt)
-    emb = encode_text(comps, prompts)
-    mean, std = encode_latent_stats(comps, slices, res)
+    slices, res, prompts, emb, mean, std = encode_training_set(comps, data_dir, resolution, instance_prompt)
     unet = comps.unet
     unet.requires_grad_(True)
     base_unet_ref = base_model
