@@ -1,11 +1,11 @@
-"""`make bench`: throughput and peak memory of ingest and build, as a table and JSON.
+"""`make bench`: throughput (and each run's peak RSS) of ingest and build, as a table and JSON.
 
 Every figure is the median of several runs of a fresh subprocess (so peak RSS is that run's own).
 Ratios are against a baseline measured in the same run:
 - build vs engine only: the same engine rendering the same slices in memory, no reading, encoding
   or writing; ``engine share`` = engine-only time / build time (the aim: >= 0.8, the writer is
-  never the bottleneck);
-- memory at 4x the slices vs 1x (the aim: ~1.0, memory independent of the number of slices).
+  never the bottleneck).
+Memory at 1x vs 10x the slices, for build and training, is `bench_memory.py`.
 
 Usage: python bench/run.py [--repeats 3] [--cases 6] [--size 192] [--copies 4] [--out bench/results/build.json]
 """
@@ -132,28 +132,12 @@ def main() -> None:
                 results["rows"].append(row)
                 table.append((row["job"], n, wall, row["slices_per_s"], f"{row['engine_share']:.2f}", row["peak_rss_mib"]))
 
-        # 3. peak memory does not grow with the number of slices (phantom, 1x vs 4x the cases)
-        mem = {}
-        for scale in (1, 4):
-            peaks = []
-            for i in range(args.repeats):
-                out = tmp / f"mem{scale}-{i}"
-                _, p = run([augment, "build", "--source", f"phantom:{4 * scale}", "--engine", "gin", "--copies",
-                            str(args.copies), "--size", str(args.size), "--out", str(out), "--no-preview"])
-                peaks.append(p)
-                shutil.rmtree(out)
-            mem[scale] = statistics.median(peaks)
-        results["memory"] = {"phantom_cases_1x": 4, "peak_rss_mib_1x": mem[1], "peak_rss_mib_4x": mem[4],
-                             "ratio_4x_over_1x": mem[4] / mem[1]}
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n| job | slices | median s | slices/s | engine share | peak RSS MiB |\n|---|---|---|---|---|---|")
     for job, n, wall, rate, share, peak in table:
         print(f"| {job} | {n} | {wall:.2f} | {rate:.1f} | {share} | {peak:.0f} |")
-    m = results["memory"]
-    print(f"\npeak RSS, build on 4 vs 16 phantom cases: {m['peak_rss_mib_1x']:.0f} MiB vs {m['peak_rss_mib_4x']:.0f} MiB "
-          f"(ratio {m['ratio_4x_over_1x']:.2f})\nwritten: {args.out}")
+    print(f"written: {args.out}")
 
 
 if __name__ == "__main__":

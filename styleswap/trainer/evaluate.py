@@ -194,18 +194,17 @@ def evaluate_info(
                     del ov[overlay_slices:]
     finally:
         model.train(was_training)
+    stacked = {c: _stack(v) for c, v in volumes.items()}  # empty unless hd95 or largest_component
     if largest_component:
-        for case, sl in volumes.items():
-            sl.sort(key=lambda t: t[0])
-            pred_v = keep_largest_component(np.stack([t[1] for t in sl]), ncls)
-            gt_v = np.stack([t[2] for t in sl])
+        for case, (ids, pred_v, gt_v) in stacked.items():
+            pred_v = keep_largest_component(pred_v, ncls)
+            stacked[case] = (ids, pred_v, gt_v)
             counts[case] = np.stack(class_counts(pred_v, gt_v, ncls))
-            volumes[case] = [(t[0], p, t[2]) for t, p in zip(sl, pred_v)]
-        post = {c: {t[0]: t[1] for t in v} for c, v in volumes.items()}
-        for c, ov in overlays.items():  # show the post-processed prediction
-            ov[:] = [(n, i, im, g, post[c][i]) for n, i, im, g, _ in ov]
+            if case in overlays:  # show the post-processed prediction
+                post = dict(zip(ids, pred_v))
+                overlays[case][:] = [(n, i, im, g, post[i]) for n, i, im, g, _ in overlays[case]]
     case_dice = {c: dice_from_counts(*v) for c, v in counts.items()}
-    case_hd = _hd95(volumes, spacing, ncls) if hd95 else None
+    case_hd = _hd95(stacked, spacing, ncls) if hd95 else None
     metrics = summarize(case_dice, organ_names, case_hd)
     metrics["num_slices"] = n_slices
     metrics["tta"] = tta
@@ -213,15 +212,20 @@ def evaluate_info(
     return metrics, {c: [t[1:] for t in sorted(v, key=lambda t: t[1])] for c, v in overlays.items()}
 
 
-def _hd95(volumes: dict[str, list], spacing: dict[str, list[float]], ncls: int) -> dict[str, np.ndarray]:
+def _stack(items: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """One case's ``(slice_index, pred, gt)`` slices -> (slice ids, pred (D, H, W), gt (D, H, W)) in slice order."""
+    items = sorted(items, key=lambda t: t[0])
+    return [t[0] for t in items], np.stack([t[1] for t in items]), np.stack([t[2] for t in items])
+
+
+def _hd95(stacked: dict[str, tuple], spacing: dict[str, list[float]], ncls: int) -> dict[str, np.ndarray]:
     from monai.metrics import compute_hausdorff_distance
     from monai.networks.utils import one_hot
 
     out = {}
-    for case, items in volumes.items():
-        items.sort(key=lambda t: t[0])
-        pred = torch.from_numpy(np.stack([t[1] for t in items])).long()[None, None]  # (1, 1, D, H, W)
-        gt = torch.from_numpy(np.stack([t[2] for t in items])).long()[None, None]
+    for case, (_, pred_v, gt_v) in stacked.items():
+        pred = torch.from_numpy(pred_v).long()[None, None]  # (1, 1, D, H, W)
+        gt = torch.from_numpy(gt_v).long()[None, None]
         row, col, thick = spacing[case]
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # empty-organ and MONAI deprecation warnings: handled below
