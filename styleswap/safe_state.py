@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,19 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def kill_point(name: str, at: int | None = None) -> None:
+    """Test hook: ``STYLESWAP_TEST_KILL_AT="<name>:<n>"`` SIGKILLs this process at that point, so
+    crash tests (tests/test_build_resume.py, tests/test_trainer_resume_kill.py) interrupt a real
+    run at an exact place. ``n`` is ``at`` when given (a training step), else the n-th pass here."""
+    want = os.environ.get("STYLESWAP_TEST_KILL_AT")
+    if not want or want.partition(":")[0] != name:
+        return
+    if at is None:
+        at = _passes[name] = _passes.get(name, 0) + 1
+    if at == int(want.partition(":")[2] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_passes: dict[str, int] = {}

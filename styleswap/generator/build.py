@@ -42,6 +42,7 @@ from styleswap.generator.engines.base import CopyRequest, Engine, engine_class, 
 from styleswap.generator.seeds import derive_seed
 from styleswap.generator.safe_paths import check_output_folder
 from styleswap.generator.sources.base import SourceSlice
+from styleswap.safe_state import kill_point
 
 
 @dataclass
@@ -320,7 +321,7 @@ def render_shards(cfg: BuildConfig, engine: Engine, settings: dict[str, Any], sl
     def close(split: str) -> None:
         _, writer, stats = writing.pop(split)
         (path, rows), = writer.close()
-        shards.kill_point("receipt")
+        kill_point("receipt")
         dataset.write_receipt(path, rows, stats.to_json())
 
     for row in render_rows(cfg, engine, settings, slices, progress):
@@ -438,7 +439,7 @@ def finish_build(cfg: BuildConfig, writers: list[shards.ShardWriter], stats: "_S
 
         write_preview(out, manifest, out / "preview.png")
     card.write_card(out, manifest, license=cfg.license, description=cfg.description)
-    shards.kill_point("manifest")
+    kill_point("manifest")
     dataset.write_json_atomic(out / contract.MANIFEST_NAME, manifest)  # the commit point
     return manifest
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
-from styleswap.safe_state import fsync_path
+from styleswap.safe_state import fsync_path, kill_point
 
 #: Rows per Parquet row group: small enough that a streaming reader holds little, large enough
 #: that per-group overhead is negligible (a 192x192 row with 4 copies is ~100 KB of PNG).
@@ -62,19 +61,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def kill_point(name: str) -> None:
-    """Test hook: ``STYLESWAP_TEST_KILL_AT="<name>:<n>"`` SIGKILLs this process the n-th time it
-    passes ``<name>`` (tests/test_build_resume.py interrupts builds at exact places with it)."""
-    at = os.environ.get("STYLESWAP_TEST_KILL_AT")
-    if at and at.partition(":")[0] == name:
-        _passes[name] = _passes.get(name, 0) + 1
-        if _passes[name] == int(at.partition(":")[2] or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-_passes: dict[str, int] = {}
 
 
 class _ParquetShard:

@@ -35,7 +35,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from styleswap.errors import StyleSwapError
-from styleswap.safe_state import fsync_path, load_optimizer, save_optimizer
+from styleswap.safe_state import fsync_path, kill_point, load_optimizer, save_optimizer
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
@@ -178,22 +177,11 @@ def _commit_checkpoint(tmp: Path, folder: Path) -> None:
     for f in tmp.iterdir():
         fsync_path(f)
     fsync_path(tmp)
-    _test_kill_point("checkpoint-commit", int(folder.name.split("-")[1]))
+    kill_point("checkpoint-commit", int(folder.name.split("-")[1]))
     if folder.exists():  # only when re-running a step from an older checkpoint
         shutil.rmtree(folder)
     os.rename(tmp, folder)
     fsync_path(folder.parent)
-
-
-def _test_kill_point(point: str, step: int) -> None:
-    """Test hook: ``STYLESWAP_TEST_KILL_AT=POINT:STEP`` SIGKILLs this process there.
-
-    Points: ``checkpoint-write`` (model file written, the rest of the checkpoint not),
-    ``checkpoint-commit`` (all written and synced, not yet renamed), ``step`` (after step STEP,
-    its checkpoint included). Used by tests/test_trainer_resume_kill.py.
-    """
-    if os.environ.get("STYLESWAP_TEST_KILL_AT") == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _TrainModule(nn.Module):
@@ -343,7 +331,7 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped().state_dict().items()}, str(tmp / "model.safetensors"))
-        _test_kill_point("checkpoint-write", step)
+        kill_point("checkpoint-write", step)
         save_optimizer(optimizer, tmp)
         (tmp / "config.json").write_text(json.dumps(mcfg, indent=2))
         state = {"step": step, "epoch": epoch, "batches_in_epoch": in_epoch, "best_val": best, "model_config": mcfg, "seed": cfg.seed}
@@ -431,7 +419,7 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
                 _write_curves(rows, out / "curves.png")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
-        _test_kill_point("step", step)
+        kill_point("step", step)
         if val_now:  # evaluation time is not training throughput
             t_last = time.perf_counter()
     bar.close()
