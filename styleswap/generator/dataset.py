@@ -197,6 +197,18 @@ def iter_rows(folder: Path, columns=None, split: str | None = None) -> Iterator[
             yield from shards.iter_shard_rows(shard_path(folder, entry), columns)
 
 
+#: The columns a dataset row needs to be read back as a `SourceSlice`.
+SOURCE_COLUMNS = ["sample_id", "case_id", "slice_index", "modality", "image", "mask", "spacing"]
+
+
+def source_slice(raw: dict[str, Any], split: str) -> SourceSlice:
+    """An undecoded shard row (`shards.iter_shard_rows(decode=False)`) as a source slice."""
+    r = shards.decode_row(raw)
+    return SourceSlice(sample_id=r["sample_id"], case_id=r["case_id"], slice_index=r["slice_index"],
+                       modality=r["modality"], image=r["image"], mask=r["mask"], spacing=tuple(r["spacing"]),
+                       split=split)
+
+
 def iter_source_slices(folder: Path, select=None) -> Iterator[SourceSlice]:
     """A dataset folder read back as source slices (to build copies from an ingested dataset).
 
@@ -205,7 +217,7 @@ def iter_source_slices(folder: Path, select=None) -> Iterator[SourceSlice]:
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    cols = ["sample_id", "case_id", "slice_index", "modality", "image", "mask", "spacing"]
+    cols = SOURCE_COLUMNS
     position: dict[str, int] = {}
     for entry in manifest["shards"]:
         split = entry["split"]
@@ -214,12 +226,7 @@ def iter_source_slices(folder: Path, select=None) -> Iterator[SourceSlice]:
             position[split] = pos + 1
             if select is not None and not select(split, pos):
                 continue
-            r = shards.decode_row(raw)
-            yield SourceSlice(
-                sample_id=r["sample_id"], case_id=r["case_id"], slice_index=r["slice_index"],
-                modality=r["modality"], image=r["image"], mask=r["mask"],
-                spacing=tuple(r["spacing"]), split=entry["split"],
-            )
+            yield source_slice(raw, split)
 
 
 def verify(folder: Path) -> dict[str, Any]:

@@ -57,7 +57,6 @@ INSTALL_HINT = "--executor ray needs Ray: pip install 'styleswap[ray]'"
 #: About this many copies (rows x copies) per Ray task: large enough that per-task overhead is
 #: negligible, small enough that a few tasks per actor keep the pool balanced.
 COPIES_PER_TASK = 64
-_SOURCE_COLS = ["sample_id", "case_id", "slice_index", "modality", "image", "mask", "spacing"]
 
 
 def require_ray() -> Any:
@@ -95,13 +94,8 @@ def read_positions(folder: Path, manifest: dict[str, Any], start: int, stop: int
         n = int(entry["num_rows"])
         lo, hi = max(start, first), min(stop, first + n)
         if lo < hi:
-            for r in _shard_rows(dataset.shard_path(folder, entry), lo - first, hi - first):
-                r = shards.decode_row(r)
-                out.append(SourceSlice(
-                    sample_id=r["sample_id"], case_id=r["case_id"], slice_index=r["slice_index"],
-                    modality=r["modality"], image=r["image"], mask=r["mask"], spacing=tuple(r["spacing"]),
-                    split=entry["split"],
-                ))
+            out.extend(dataset.source_slice(r, entry["split"])
+                       for r in _shard_rows(dataset.shard_path(folder, entry), lo - first, hi - first))
         first += n
         if first >= stop:
             break
@@ -124,8 +118,8 @@ def _shard_rows(path: Path, lo: int, hi: int) -> list[dict[str, Any]]:
             pos += n
         if not groups:
             return []
-        return pf.read_row_groups(groups, columns=_SOURCE_COLS).slice(lo - base, hi - lo).to_pylist()
-    return list(itertools.islice(shards.iter_shard_rows(path, _SOURCE_COLS, decode=False), lo, hi))
+        return pf.read_row_groups(groups, columns=dataset.SOURCE_COLUMNS).slice(lo - base, hi - lo).to_pylist()
+    return list(itertools.islice(shards.iter_shard_rows(path, dataset.SOURCE_COLUMNS, decode=False), lo, hi))
 
 
 def _npy(a: np.ndarray) -> bytes:
