@@ -61,15 +61,15 @@ def _cfg(data, out, steps, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("loss", ["dice+infonce", "erm"])
-def test_resume_reaches_the_same_weights(tmp_path, loss):
+@pytest.mark.parametrize("loss, aug", [("dice+infonce", "none"), ("erm", "none"), ("dice", "organ")])
+def test_resume_reaches_the_same_weights(tmp_path, loss, aug):
     # 18 rows, batch 4: 5 batches per epoch, so the run crosses an epoch and resumes mid-epoch
     data = write_dataset(tmp_path / "d", n_cases=3, slices=6, size=16)
-    train_segmentation(_cfg(data, tmp_path / "full", 7, loss=loss))
-    train_segmentation(_cfg(data, tmp_path / "part", 3, loss=loss))
+    train_segmentation(_cfg(data, tmp_path / "full", 7, loss=loss, intensity_aug=aug))
+    train_segmentation(_cfg(data, tmp_path / "part", 3, loss=loss, intensity_aug=aug))
     state = json.loads((tmp_path / "part" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (3, 0, 3)
-    train_segmentation(_cfg(data, tmp_path / "part", 7, loss=loss, resume="latest"))
+    train_segmentation(_cfg(data, tmp_path / "part", 7, loss=loss, intensity_aug=aug, resume="latest"))
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "final" / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from styleswap.trainer.evaluate import dice_per_organ, keep_largest_component
-from styleswap.trainer.schedule import intensity_augment, lr_at
+from styleswap.trainer.schedule import intensity_augment, lr_at, organ_intensity_shift
 
 
 def test_lr_schedules_against_hand_values():
@@ -43,6 +43,53 @@ def test_intensity_jitter_is_seeded_bounded_and_per_image():
     assert not torch.equal(out[0], out[1])
     with pytest.raises(ValueError, match="unknown intensity augmentation"):
         intensity_augment(x, torch.Generator(), "heavy")
+
+
+def _two_organ_image() -> tuple[torch.Tensor, torch.Tensor]:
+    """A 16 x 16 ramp image with organ 1 in rows 2-7 and organ 2 in rows 9-14, both at columns 2-9."""
+    x = (torch.arange(16 * 16, dtype=torch.float32).reshape(1, 1, 16, 16) / 255.0) * 0.5 + 0.25
+    mask = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    mask[..., 2:8, 2:10] = 1
+    mask[..., 9:15, 2:10] = 2
+    return x, mask
+
+
+def test_organ_shift_maps_each_organ_linearly_by_hand_and_leaves_background():
+    x, mask = _two_organ_image()
+    g = torch.Generator().manual_seed(5)
+    y = organ_intensity_shift(x, mask, g, num_classes=3, prob=1.0, scale=(2.0, 2.0), shift=0.0, invert_prob=1.0)
+    # a = -2 for both organs (inverted), b = 0: an interior pixel becomes m - 2 (x - m), m the organ mean
+    for organ, rows in ((1, slice(3, 7)), (2, slice(10, 14))):
+        m = x[mask == organ].mean()
+        inner = (slice(None), slice(None), rows, slice(3, 9))  # the 3 x 3 box sees only this organ
+        expected = (m - 2 * (x[inner] - m)).clamp(0, 1)
+        torch.testing.assert_close(y[inner], expected)
+    # background two pixels away from any organ: untouched
+    far = torch.zeros(16, 16, dtype=torch.bool)
+    far[:, 12:] = True
+    far[0, :] = True
+    assert torch.equal(y[0, 0][far], x[0, 0][far])
+    # the edge is blended over one pixel: the background pixel left of organ 1's middle row sees 3 of 9
+    w = 3 / 9
+    m1 = x[mask == 1].mean()
+    edge = (1 - w) * x[0, 0, 4, 1] + w * (m1 - 2 * (x[0, 0, 4, 1] - m1))
+    torch.testing.assert_close(y[0, 0, 4, 1], edge.clamp(0, 1))
+
+
+def test_organ_shift_draws_per_organ_and_per_image_is_seeded_and_bounded():
+    x, mask = _two_organ_image()
+    xb, mb = x.repeat(4, 1, 1, 1), mask.repeat(4, 1, 1, 1)
+    a = organ_intensity_shift(xb, mb, torch.Generator().manual_seed(1), num_classes=3, prob=1.0)
+    b = organ_intensity_shift(xb, mb, torch.Generator().manual_seed(1), num_classes=3, prob=1.0)
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a[0], a[1])  # each image its own draw
+    d = (a - xb)[0, 0]
+    # the two organs moved by different amounts (their own maps)
+    assert not torch.isclose(d[3:7, 3:9].mean(), d[10:14, 3:9].mean(), atol=1e-3)
+    # prob 0: identity; no organs in the mask: identity
+    assert torch.equal(organ_intensity_shift(xb, mb, torch.Generator(), num_classes=3, prob=0.0), xb)
+    empty = torch.zeros_like(mb)
+    assert torch.equal(organ_intensity_shift(xb, empty, torch.Generator(), num_classes=3, prob=1.0), xb)
 
 
 def test_largest_component_removes_islands_and_raises_dice_as_computed_by_hand():

@@ -51,7 +51,7 @@ from styleswap.safe_state import fsync_path, kill_point, load_optimizer, save_op
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
-from styleswap.trainer.schedule import INTENSITY_AUGS, LR_SCHEDULES, intensity_augment, lr_at
+from styleswap.trainer.schedule import INTENSITY_AUGS, LR_SCHEDULES, intensity_augment, lr_at, organ_intensity_shift
 
 LOSSES = ("erm", "dice", "dice+infonce")
 CSV_FIELDS = ("step", "epoch", "loss", "seg_loss", "nce_loss", "lr", "slices_per_s", "val_mean_dice")
@@ -374,6 +374,8 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         else:
             aug = batch["augmented"].to(accelerator.device, non_blocking=True)
             (img, aug), mask = geometric_augment([img, aug], mask, gen, flip_prob=cfg.flip_prob, rotate_deg=cfg.rotate_deg, scale=cfg.scale, swap=swap)
+            if cfg.intensity_aug == "organ":
+                aug = organ_intensity_shift(aug, mask, gen, len(labels))
             aug = intensity_augment(aug, gen, cfg.intensity_aug)
         img = intensity_augment(img, gen, cfg.intensity_aug)
         b = img.shape[0]
