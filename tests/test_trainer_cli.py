@@ -46,6 +46,18 @@ def test_bad_input_is_one_line_exit_2(tmp_path, make, fragments, workers):
     _assert_one_line_error(_run(*args), *fragments)
 
 
+@pytest.mark.parametrize(
+    "option, fragments",
+    [(["--intensity-aug", "standard,heavy"], ["--intensity-aug", "'heavy'"]), (["--loss", "focal"], ["--loss", "'focal'"]),
+     (["--lr-schedule", "step"], ["--lr-schedule", "'step'"])],
+    ids=["intensity-aug", "loss", "lr-schedule"],
+)
+def test_unknown_choice_is_one_line_exit_2_before_any_write(tmp_path, option, fragments):
+    data = write_dataset(tmp_path / "d", n_cases=1, slices=2, size=16)
+    _assert_one_line_error(_run("seg", "--data", data, "--out", tmp_path / "run", "--steps", "1", *TINY, *option), *fragments)
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_rejects_more_labels_than_model_classes(tmp_path):
     data = write_dataset(tmp_path / "d", n_cases=1, slices=2, size=16)
     assert _run("seg", "--data", data, "--out", tmp_path / "run", "--steps", "1", "--batch-size", "2", *TINY).exit_code == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from styleswap.trainer.evaluate import dice_per_organ, keep_largest_component
-from styleswap.trainer.schedule import intensity_augment, lr_at, organ_intensity_shift
+from styleswap.trainer.schedule import bias_field, intensity_augment, lr_at, organ_intensity_shift, parse_intensity_augs
 
 
 def test_lr_schedules_against_hand_values():
@@ -90,6 +90,29 @@ def test_organ_shift_draws_per_organ_and_per_image_is_seeded_and_bounded():
     assert torch.equal(organ_intensity_shift(xb, mb, torch.Generator(), num_classes=3, prob=0.0), xb)
     empty = torch.zeros_like(mb)
     assert torch.equal(organ_intensity_shift(xb, empty, torch.Generator(), num_classes=3, prob=1.0), xb)
+
+
+def test_bias_field_is_smooth_positive_seeded_and_spares_some_images():
+    x = torch.full((8, 1, 32, 32), 0.5)
+    a = bias_field(x, torch.Generator().manual_seed(2), prob=0.5, strength=0.3)
+    assert torch.equal(a, bias_field(x, torch.Generator().manual_seed(2), prob=0.5, strength=0.3))
+    ratio = a / x  # the field itself, since nothing clips at 0.5 * exp(<= ~1)
+    assert ratio.min() > 0 and a.max() <= 1
+    untouched = [(ratio[i] == 1).all().item() for i in range(8)]
+    assert any(untouched) and not all(untouched)  # prob 0.5 of 8 images: both kinds (this seed)
+    shaded = ratio[untouched.index(False), 0]
+    assert shaded.max() - shaded.min() > 0.05  # it really shades
+    # smooth: neighbouring pixels differ far less than the field's range (a 4 x 4 grid over 32 px)
+    assert (shaded[:, 1:] - shaded[:, :-1]).abs().max() < 0.25 * (shaded.max() - shaded.min())
+    assert torch.equal(bias_field(x, torch.Generator(), prob=0.0), x)
+
+
+def test_intensity_aug_lists_parse_and_refuse_unknown_names():
+    assert parse_intensity_augs("standard,organ") == ("standard", "organ")
+    assert parse_intensity_augs("standard+organ+bias") == ("standard", "organ", "bias")
+    assert parse_intensity_augs("none") == () == parse_intensity_augs("")
+    with pytest.raises(ValueError, match="unknown intensity augmentation 'heavy'"):
+        parse_intensity_augs("standard,heavy")
 
 
 def test_largest_component_removes_islands_and_raises_dice_as_computed_by_hand():

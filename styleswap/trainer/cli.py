@@ -52,7 +52,7 @@ def seg(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     lr_schedule: Annotated[str, typer.Option(help="constant | cosine (to 0 at --steps) | poly (nnU-Net's (1-t)^0.9).")] = "constant",
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
-    intensity_aug: Annotated[str, typer.Option(help="none | standard (per-image gamma, contrast, brightness, noise on originals and copies) | organ (standard, plus on copies a random intensity map per organ, so organ-to-organ contrast is no cue).")] = "none",
+    intensity_aug: Annotated[str, typer.Option(help="Comma-separated: standard (per-image gamma, contrast, brightness, noise on originals and copies), organ (on copies, a random intensity map per organ, so organ-to-organ contrast is no cue), bias (on copies, a smooth random shading field); or none.")] = "none",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed for init, data order, copies, augmentation.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,

@@ -1,14 +1,18 @@
 """Per-step learning rate and intensity jitter: the parts of a training step that are pure functions
 of ``(step, generator)``, so a resumed run replays them exactly without any saved state.
 
-Intensity augmentations (``--intensity-aug``):
+Intensity augmentations (``--intensity-aug``, a comma-separated list of):
 
 * ``standard``: per-image gamma, contrast, brightness, noise on originals and copies.
-* ``organ``: ``standard``, then on copies only `organ_intensity_shift`: each organ gets its own
-  random linear intensity map, so the relative brightness of organs (liver vs spleen vs kidneys,
-  which differs between CT and each MRI sequence) stops being a usable cue. The class-level
-  location-scale idea of Su et al., "Rethinking data augmentation for single-source domain
-  generalization in medical image segmentation" (SLAug, AAAI 2023, arXiv:2211.14805).
+* ``organ``: on copies, `organ_intensity_shift`: each organ gets its own random linear intensity
+  map, so the relative brightness of organs (liver vs spleen vs kidneys, which differs between CT
+  and each MRI sequence) stops being a usable cue. The class-level location-scale idea of Su et
+  al., "Rethinking data augmentation for single-source domain generalization in medical image
+  segmentation" (SLAug, AAAI 2023, arXiv:2211.14805).
+* ``bias``: on copies, `bias_field`: a smooth random multiplicative field, the coil shading of
+  MRI that CT never shows.
+
+Copies get ``organ``, then ``bias``, then ``standard``; originals only ``standard``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 LR_SCHEDULES = ("constant", "cosine", "poly")
-INTENSITY_AUGS = ("none", "standard", "organ")
+INTENSITY_AUGS = ("none", "standard", "organ", "bias")
 
 
 def lr_at(step: int, total: int, base: float, schedule: str = "constant", warmup: int = 0) -> float:
@@ -40,6 +44,15 @@ def lr_at(step: int, total: int, base: float, schedule: str = "constant", warmup
     return base
 
 
+def parse_intensity_augs(spec: str) -> tuple[str, ...]:
+    """``"standard,organ"`` -> ("standard", "organ"); ``"none"`` or "" -> (). Unknown names raise."""
+    names = tuple(n.strip() for n in spec.replace("+", ",").split(",") if n.strip() and n.strip() != "none")
+    bad = [n for n in names if n not in INTENSITY_AUGS]
+    if bad:
+        raise ValueError(f"unknown intensity augmentation {bad[0]!r} (choose from {', '.join(INTENSITY_AUGS)}, comma-separated)")
+    return names
+
+
 def intensity_augment(x: torch.Tensor, generator: torch.Generator, kind: str = "standard") -> torch.Tensor:
     """Random per-image gamma, contrast, brightness and noise on ``x`` (B, C, H, W) in [0, 1].
 
@@ -49,8 +62,8 @@ def intensity_augment(x: torch.Tensor, generator: torch.Generator, kind: str = "
     + U(-0.1, 0.1), Gaussian noise with sigma U(0, 0.05) on half the images; clipped to [0, 1].
     Parameters are drawn on CPU from ``generator`` so a step is reproducible on any device.
     """
-    if kind not in INTENSITY_AUGS:
-        raise ValueError(f"unknown intensity augmentation {kind!r} (choose from {', '.join(INTENSITY_AUGS)})")
+    if kind not in ("none", "standard"):
+        raise ValueError(f"unknown intensity augmentation {kind!r} (choose from none, standard)")
     if kind == "none":
         return x
     b = x.shape[0]
@@ -103,3 +116,18 @@ def organ_intensity_shift(
     mapped = a.view(b, k, 1, 1, 1) * (x.unsqueeze(1) - mean[..., None, None]) + mean[..., None, None] + off.view(b, k, 1, 1, 1)
     y = x * (1 - weight.sum(dim=1)) + (weight * mapped).sum(dim=1)  # weights sum to <= 1 per pixel
     return torch.where(on.squeeze(1), y.clamp(0, 1), x)
+
+
+def bias_field(x: torch.Tensor, generator: torch.Generator, prob: float = 0.5, strength: float = 0.3, grid: int = 4) -> torch.Tensor:
+    """Multiply each image by a smooth random field ``exp(s * f)``; ``x`` (B, C, H, W) in [0, 1].
+
+    ``f`` is a ``grid`` x ``grid`` standard-normal grid upsampled bicubically to the image (a few
+    slowly varying bumps across the slice, like receive-coil shading), ``s ~ U(0, strength)``, on
+    a fraction ``prob`` of images; the result is clipped to [0, 1]. Drawn from ``generator``.
+    """
+    b = x.shape[0]
+    u = torch.rand(b, 2, generator=generator)
+    coarse = torch.randn(b, 1, grid, grid, generator=generator)
+    field = F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True)
+    s = (u[:, 1] * strength * (u[:, 0] < prob)).view(b, 1, 1, 1)
+    return (x * torch.exp(s * field).to(x.device, x.dtype)).clamp(0, 1)

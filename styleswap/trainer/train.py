@@ -51,7 +51,7 @@ from styleswap.safe_state import fsync_path, kill_point, load_optimizer, save_op
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
-from styleswap.trainer.schedule import INTENSITY_AUGS, LR_SCHEDULES, intensity_augment, lr_at, organ_intensity_shift
+from styleswap.trainer.schedule import LR_SCHEDULES, bias_field, intensity_augment, lr_at, organ_intensity_shift, parse_intensity_augs
 
 LOSSES = ("erm", "dice", "dice+infonce")
 CSV_FIELDS = ("step", "epoch", "loss", "seg_loss", "nce_loss", "lr", "slices_per_s", "val_mean_dice")
@@ -258,8 +258,11 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         raise StyleSwapError(f"unknown --loss {cfg.loss!r} (choose from {', '.join(LOSSES)})")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise StyleSwapError(f"unknown --lr-schedule {cfg.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
-    if cfg.intensity_aug not in INTENSITY_AUGS:
-        raise StyleSwapError(f"unknown --intensity-aug {cfg.intensity_aug!r} (choose from {', '.join(INTENSITY_AUGS)})")
+    try:
+        augs = parse_intensity_augs(cfg.intensity_aug)
+    except ValueError as exc:
+        raise StyleSwapError(f"--intensity-aug: {exc}") from None
+    jitter = "standard" if "standard" in augs else "none"
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise StyleSwapError("--steps and --batch-size must be >= 1")
     if not cfg.data:
@@ -374,10 +377,12 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         else:
             aug = batch["augmented"].to(accelerator.device, non_blocking=True)
             (img, aug), mask = geometric_augment([img, aug], mask, gen, flip_prob=cfg.flip_prob, rotate_deg=cfg.rotate_deg, scale=cfg.scale, swap=swap)
-            if cfg.intensity_aug == "organ":
+            if "organ" in augs:
                 aug = organ_intensity_shift(aug, mask, gen, len(labels))
-            aug = intensity_augment(aug, gen, cfg.intensity_aug)
-        img = intensity_augment(img, gen, cfg.intensity_aug)
+            if "bias" in augs:
+                aug = bias_field(aug, gen)
+            aug = intensity_augment(aug, gen, jitter)
+        img = intensity_augment(img, gen, jitter)
         b = img.shape[0]
         with accelerator.autocast():
             logits_o, logits_c, nce_value = module(img, None if cfg.loss == "erm" else aug, layers, gen)
