@@ -61,6 +61,17 @@ def test_unknown_choice_is_one_line_exit_2_before_any_write(tmp_path, option, fr
 def test_eval_rejects_more_labels_than_model_classes(tmp_path):
     data = write_dataset(tmp_path / "d", n_cases=1, slices=2, size=16)
     assert _run("seg", "--data", data, "--out", tmp_path / "run", "--steps", "1", "--batch-size", "2", *TINY).exit_code == 0
+    # a training checkpoint (network + PatchNCE heads) evaluates like the final model of the same step
+    assert _run("eval", "--model", tmp_path / "run" / "final", "--data", data, "--out", tmp_path / "ev-final").exit_code == 0
+    r = _run("eval", "--model", tmp_path / "run" / "checkpoints" / "step-0000001", "--data", data, "--out", tmp_path / "ev-ckpt")
+    assert r.exit_code == 0, r.output
+    final, ckpt = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("ev-final", "ev-ckpt"))
+    assert final["per_case"] == ckpt["per_case"]
+    # weights of another network: one line naming the file
+    other = tmp_path / "other"
+    assert _run("seg", "--data", data, "--out", other, "--steps", "1", "--batch-size", "2", *TINY, "--channels", "8").exit_code == 0
+    (tmp_path / "run" / "final" / "model.safetensors").write_bytes((other / "final" / "model.safetensors").read_bytes())
+    _assert_one_line_error(_run("eval", "--model", tmp_path / "run" / "final", "--data", data, "--out", tmp_path / "ev2"), "model.safetensors", "do not fit")
     five = write_dataset(tmp_path / "five", n_cases=1, slices=2, size=16, labels={"background": 0, "a": 1, "b": 2, "c": 3, "d": 4})
     _assert_one_line_error(_run("eval", "--model", tmp_path / "run", "--data", five, "--out", tmp_path / "ev"), "classes")
     _assert_one_line_error(_run("eval", "--model", tmp_path / "nothing", "--data", data, "--out", tmp_path / "ev"), "no trained model")

@@ -157,6 +157,10 @@ def _refuse_pickle(path: Path) -> StyleSwapError:
     )
 
 
+#: Key prefix of the segmentation network inside a training checkpoint's model.safetensors.
+TRAINING_PREFIX = "net."
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A run folder (``best/`` preferred, then ``final/``) or a folder with config.json.
 
@@ -183,5 +187,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     except json.JSONDecodeError as e:
         raise StyleSwapError(f"{folder / CONFIG_NAME}: unreadable ({e})") from None
     model = SegNet(config)
-    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME), device=str(map_location)))
+    state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
+    inner = {k[len(TRAINING_PREFIX) :]: v for k, v in state.items() if k.startswith(TRAINING_PREFIX)}
+    if set(state) != set(model.state_dict()) and set(inner) == set(model.state_dict()):
+        # a training checkpoint (checkpoints/step-N) holds the network under "net." beside the
+        # PatchNCE heads, which inference does not need
+        state = inner
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise StyleSwapError(f"{folder / WEIGHTS_NAME}: weights do not fit the network in {CONFIG_NAME} ({first[:160]})") from None
     return model
