@@ -36,5 +36,7 @@ def test_short_benchmark_best_row_beats_erm(shared_data, tmp_path):
     # both rows were scored on every MRI case and organ
     for r in (erm, best):
         assert r["mean_dice"] is not None and all(v is not None for v in r["per_organ"].values())
+        # inference options were chosen on CT validation: the chosen one scored best there
+        assert r["ct_val_dice"][r["inference"]] == max(r["ct_val_dice"].values()) and r["mean_dice_plain"] is not None
     assert best["mean_dice"] - erm["mean_dice"] >= MARGIN, (erm, best)
     assert proc.returncode == 0  # the script's own check agrees
