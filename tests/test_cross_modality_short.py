@@ -1,11 +1,12 @@
 """The CT -> MRI benchmark in its short mode, end to end through both CLIs (real data).
 
-12 CT cases at 64 x 64 and 1000 steps (about 6 minutes on 2 cores): not the benchmark's figures.
-Training on style-intervened copies must still beat ERM on the unseen MRI. Measured when this test
-was written: ERM 25.2 %, GIN + Bezier + Dice + InfoNCE 29.9 % (+4.7 points). Short runs separate
-the rows far less than the full budget does (+35 points): at 128 x 128 and 400 steps both rows
-sat near 13 %. So the margin asserted here is small, but a broken intervention (copies that lose
-the anatomy, a trainer that ignores them) falls below it.
+12 CT cases at 64 x 64 and 1000 steps (about 7 minutes on 2 cores): not the benchmark's figures.
+Training on style-intervened copies must still beat ERM on the unseen MRI. Measured with the
+benchmark's recipe (`--intensity-aug standard,organ`, inference chosen on CT validation): ERM
+21.7 %, GIN + Bezier + Dice + InfoNCE 39.3 % (+17.6 points; plain inference 25.3 vs 38.5). With
+the earlier recipe (`standard` only) the gap was +4.7 points, so the margin asserted here would
+also catch a regression of the recipe, a broken intervention (copies that lose the anatomy) or a
+trainer that ignores the copies.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MARGIN = 0.03  # mean Dice (0-1) by which the best row must beat ERM; measured +0.047
+MARGIN = 0.08  # mean Dice (0-1) by which the best row must beat ERM; measured +0.176
 
 
 @pytest.mark.slow
