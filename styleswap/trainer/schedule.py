@@ -106,7 +106,7 @@ def organ_intensity_shift(
     u = torch.rand(b, 1 + 3 * k, generator=generator).to(x.device, x.dtype)
     if k < 1:
         return x
-    on = (u[:, 0] < prob).view(b, 1, 1, 1, 1)
+    on = (u[:, 0] < prob).view(b, 1, 1, 1)
     a = (scale[0] + (scale[1] - scale[0]) * u[:, 1 : 1 + k]) * torch.where(u[:, 1 + k : 1 + 2 * k] < invert_prob, -1.0, 1.0)
     off = (u[:, 1 + 2 * k :] * 2 - 1) * shift
     onehot = torch.stack([(mask[:, 0] == c) for c in range(1, num_classes)], dim=1).to(x.dtype)  # (B, K, H, W)
@@ -115,7 +115,7 @@ def organ_intensity_shift(
     mean = (onehot.unsqueeze(2) * x.unsqueeze(1)).sum(dim=(3, 4)) / area.unsqueeze(2)  # (B, K, C)
     mapped = a.view(b, k, 1, 1, 1) * (x.unsqueeze(1) - mean[..., None, None]) + mean[..., None, None] + off.view(b, k, 1, 1, 1)
     y = x * (1 - weight.sum(dim=1)) + (weight * mapped).sum(dim=1)  # weights sum to <= 1 per pixel
-    return torch.where(on.squeeze(1), y.clamp(0, 1), x)
+    return torch.where(on, y.clamp(0, 1), x)
 
 
 def bias_field(x: torch.Tensor, generator: torch.Generator, prob: float = 0.5, strength: float = 0.3, grid: int = 4) -> torch.Tensor:

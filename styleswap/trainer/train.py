@@ -146,6 +146,16 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.jso
 _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete ``step-N`` checkpoint under ``root``, oldest first."""
+    found = []
+    for p in root.iterdir() if root.is_dir() else ():
+        m = _CHECKPOINT_NAME.fullmatch(p.name)
+        if m and p.is_dir() and not _missing_files(p):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
 def _missing_files(folder: Path) -> list[str]:
     return [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
 
@@ -158,13 +168,8 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
     ``step-N`` name; any other name, or a folder missing a file, is skipped all the same.
     """
     if resume == "latest":
-        root = out / "checkpoints"
-        cands = []
-        for p in root.iterdir() if root.is_dir() else ():
-            m = _CHECKPOINT_NAME.fullmatch(p.name)
-            if m and p.is_dir() and not _missing_files(p):
-                cands.append((int(m.group(1)), p.name, p))
-        return max(cands)[2] if cands else None
+        done = _complete_checkpoints(out / "checkpoints")
+        return done[-1][1] if done else None
     path = Path(resume)
     missing = _missing_files(path)
     if missing:
@@ -172,12 +177,12 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
     return path
 
 
-def _commit_checkpoint(tmp: Path, folder: Path) -> None:
-    """Make the finished ``tmp`` folder the checkpoint ``folder``: contents synced to disk, then one rename."""
+def _commit_checkpoint(tmp: Path, folder: Path, step: int) -> None:
+    """Make the finished ``tmp`` folder the checkpoint ``folder`` of ``step``: contents synced to disk, then one rename."""
     for f in tmp.iterdir():
         fsync_path(f)
     fsync_path(tmp)
-    kill_point("checkpoint-commit", int(folder.name.split("-")[1]))
+    kill_point("checkpoint-commit", step)
     if folder.exists():  # only when re-running a step from an older checkpoint
         shutil.rmtree(folder)
     os.rename(tmp, folder)
@@ -339,10 +344,9 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         (tmp / "config.json").write_text(json.dumps(mcfg, indent=2))
         state = {"step": step, "epoch": epoch, "batches_in_epoch": in_epoch, "best_val": best, "model_config": mcfg, "seed": cfg.seed}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        _commit_checkpoint(tmp, folder)  # a kill before this leaves only .tmp-step-N, never picked
+        _commit_checkpoint(tmp, folder, step)  # a kill before this leaves only .tmp-step-N, never picked
         if cfg.checkpoints_total_limit:
-            done = sorted((p for p in root.iterdir() if _CHECKPOINT_NAME.fullmatch(p.name)), key=lambda p: int(p.name.split("-")[1]))
-            for old in done[: -cfg.checkpoints_total_limit]:
+            for _, old in _complete_checkpoints(root)[: -cfg.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def validate() -> float | None:
