@@ -252,3 +252,20 @@ def test_no_style_swap_flag_reaches_the_engine_settings(tmp_path):
     code, _, err = augment(["build", "--source", "phantom:1", "--out", str(tmp_path / "o"), "--engine", "gin",
                             "--no-style-swap", *COMMON])
     assert code == 2 and "style_swap" in err and err.count("\n") == 1
+
+
+def test_volume_stats_are_recorded_and_carried_through_builds(tmp_path, gin_dataset):
+    """Each case's normalized mean and std reach manifest.json at ingest and survive a build on top."""
+    raw = json.loads((gin_dataset / "manifest.json").read_text())
+    per_case = raw["source"]["normalization"]["per_case"]
+    assert set(raw["volume_stats"]) == set(per_case) and len(per_case) == 2
+    for case, st in raw["volume_stats"].items():
+        assert st == {"mean": per_case[case]["mean"], "std": per_case[case]["std"]}
+        assert 0.0 < st["mean"] < 1.0 and 0.0 < st["std"] < 0.5
+    ingested = tmp_path / "ing"
+    code, _, err = augment(["ingest", "phantom:2", "--out", str(ingested), *COMMON, "--intensity", "standard"])
+    assert code == 0, err
+    src = json.loads((ingested / "manifest.json").read_text())
+    assert src["recipe"]["intensity"] == "standard" and src["volume_stats"]
+    built = build(tmp_path / "built", "--engine", "bezier", "--copies", "1", source=str(ingested))
+    assert built["volume_stats"] == src["volume_stats"]

@@ -151,6 +151,34 @@ def test_intensity_rules():
     assert desc["method"] == "percentiles"
 
 
+def test_standard_intensity_rule_and_volume_stats(tmp_path):
+    """The reference protocol (GIN-IPA / SLAug): windowed CT keeps its whole range, MRI is clipped at
+    its 99.5th percentile only; every ingested case records its normalized mean and std."""
+    eight_bit = np.linspace(0, 255, 1001, dtype=np.float32)
+    out, desc = normalize_intensity(eight_bit, "CT", rule="standard")
+    assert desc["method"] == "full_range" and desc["range"] == [0.0, 255.0]
+    np.testing.assert_allclose(out, eight_bit / 255.0, atol=1e-6)  # nothing clipped
+    mri = np.arange(1001, dtype=np.float32)  # 0..1000: the 99.5th percentile is 995
+    out, desc = normalize_intensity(mri, "MRI", rule="standard")
+    assert desc["method"] == "upper_percentile" and desc["range"] == pytest.approx([0.0, 995.0])
+    assert out[0] == 0.0 and out[995] == pytest.approx(1.0) and out[1000] == 1.0 and out[500] == pytest.approx(500 / 995)
+    hu = np.array([-1000.0, 50.0, 1200.0], dtype=np.float32)  # HU CT: the window, as with percentile
+    assert normalize_intensity(hu, "CT", rule="standard")[1]["method"] == "hu_window"
+    with pytest.raises(ValueError, match="unknown intensity rule"):
+        normalize_intensity(hu, "CT", rule="zscore")
+
+    image = np.zeros((8, 8, 2), dtype=np.float32)
+    image[:4] = 100.0  # half the volume bright: normalized mean 0.5, std 0.5
+    label = np.zeros((8, 8, 2), dtype=np.uint8)
+    label[1:3, 1:3, 0] = 1
+    stream = open_source(pair(tmp_path, image, label, np.eye(4)), size=8, modality="MRI", keep_empty=1, intensity_rule="standard")
+    list(stream.slices())
+    (entry,) = stream.info["normalization"]["per_case"].values()
+    assert entry["method"] == "upper_percentile"
+    assert entry["mean"] == pytest.approx(0.5) and entry["std"] == pytest.approx(0.5)
+    assert stream.info["normalization"]["rule"]["name"] == "standard"
+
+
 def test_label_remap_and_info(tmp_path):
     image = np.full((8, 8, 2), -1000.0, dtype=np.float32)
     label = np.zeros((8, 8, 2), dtype=np.int16)

@@ -63,6 +63,7 @@ class BuildConfig:
     size: int = 192
     keep_empty: float = 0.1
     modality: str | None = None
+    intensity: str = "percentile"
     # dataset card
     license: str | None = None
     description: str | None = None
@@ -84,6 +85,8 @@ class BuildConfig:
             raise StyleSwapError(f"keep_empty must be within [0, 1], got {self.keep_empty}")
         if self.size < 8:
             raise StyleSwapError(f"size must be at least 8 pixels, got {self.size}")
+        if self.intensity not in ("percentile", "standard"):
+            raise StyleSwapError(f"intensity must be percentile or standard, got {self.intensity!r}")
         if self.engine == "none" and self.copies:
             raise StyleSwapError("engine 'none' writes originals only: set copies to 0")
 
@@ -97,12 +100,14 @@ def open_slices(cfg: BuildConfig) -> tuple[dict[str, Any], Iterator[SourceSlice]
     if isinstance(src, str) and Path(src).is_dir() and (Path(src) / contract.MANIFEST_NAME).exists():
         m = dataset.read_manifest(Path(src))
         info = {"layout": "styleswap-dataset", "path": str(src), "labels": m["labels"],
-                "upstream": m.get("source", {}), "image_size": m.get("image_size")}
+                "upstream": m.get("source", {}), "image_size": m.get("image_size"),
+                "volume_stats": m.get("volume_stats")}
         return info, dataset.iter_source_slices(Path(src))
     from styleswap.generator.sources.ingest import open_source
 
     stream = open_source(
-        src, labels=cfg.labels, size=cfg.size, keep_empty=cfg.keep_empty, modality=cfg.modality, seed=cfg.seed
+        src, labels=cfg.labels, size=cfg.size, keep_empty=cfg.keep_empty, modality=cfg.modality, seed=cfg.seed,
+        intensity_rule=cfg.intensity,
     )
     return stream.info, stream.slices()
 
@@ -112,7 +117,7 @@ def ingested_source(cfg: BuildConfig) -> Path:
     src = cfg.source
     if isinstance(src, str) and (Path(src) / contract.MANIFEST_NAME).exists():
         return Path(src)
-    spec = {k: getattr(cfg, k) for k in ("source", "labels", "size", "keep_empty", "modality", "seed")}
+    spec = {k: getattr(cfg, k) for k in ("source", "labels", "size", "keep_empty", "modality", "seed", "intensity")}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cfg.cache_dir) / f"source-{key}"
     if not (folder / contract.MANIFEST_NAME).exists():
@@ -431,6 +436,7 @@ def finish_build(cfg: BuildConfig, writers: list[shards.ShardWriter], stats: "_S
         "splits": {w.split: {"num_rows": sum(e["num_rows"] for e in entries if e["split"] == w.split),
                              "num_shards": sum(1 for e in entries if e["split"] == w.split)} for w in ordered},
         "counts": stats.summary(labels),
+        "volume_stats": _volume_stats(info),
         "versions": dataset.package_versions(),
         "shards": entries,
     }
@@ -479,6 +485,16 @@ class _Stats:
             "cases": len(self.cases),
             "slices_with_label": {names.get(k, str(k)): n for k, n in sorted(self.label_slices.items())},
         }
+
+
+def _volume_stats(info: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """Each case's normalized-volume mean and std (for the per-volume z-score of `train seg
+    --input-norm zscore`): from the ingest just streamed, or carried over from an ingested source."""
+    if info.get("layout") == "styleswap-dataset":
+        return info.get("volume_stats")
+    per_case = (info.get("normalization") or {}).get("per_case") or {}
+    stats = {c: {"mean": d["mean"], "std": d["std"]} for c, d in per_case.items() if "mean" in d}
+    return stats or None
 
 
 def _split_order(split: str) -> tuple[int, str]:

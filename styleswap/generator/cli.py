@@ -30,6 +30,7 @@ LabelsOpt = Annotated[Optional[str], typer.Option(help="Remap source label ids t
 SizeOpt = Annotated[Optional[int], typer.Option(help="Slice size in pixels (square) after padding and resizing. (default: 192)")]
 KeepEmptyOpt = Annotated[Optional[float], typer.Option(help="Fraction of slices without foreground to keep (0..1). (default: 0.1)")]
 ModalityOpt = Annotated[Optional[str], typer.Option(help="Source modality (CT or MRI); decides intensity normalization. Default: from dataset.json.")]
+IntensityOpt = Annotated[Optional[str], typer.Option(help="Intensity rule: percentile (clip each volume to its 0.5..99.5 percentiles; CT in HU: abdominal window) or standard (the GIN-IPA / SLAug protocol: CT in HU windowed, other CT its full range, MRI clipped at the 99.5th percentile). (default: percentile)")]
 FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Shard format: parquet or hdf5. (default: parquet)")]
 RowsOpt = Annotated[Optional[int], typer.Option(help="Rows (source slices) per shard. (default: 256)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Build seed; every copy's seed derives from it, the sample id and the copy index. (default: 0)")]
@@ -49,6 +50,7 @@ def ingest(
     size: SizeOpt = None,
     keep_empty: KeepEmptyOpt = None,
     modality: ModalityOpt = None,
+    intensity: IntensityOpt = None,
     fmt: FormatOpt = None,
     rows_per_shard: RowsOpt = None,
     seed: SeedOpt = None,
@@ -66,7 +68,7 @@ def ingest(
     src: Any = source[0] if len(source) == 1 else source
     cfg = make_config(
         {"source": src, "engine": "none", "copies": 0},
-        _flags(out=str(out), labels=labels, size=size, keep_empty=keep_empty, modality=modality, format=fmt,
+        _flags(out=str(out), labels=labels, size=size, keep_empty=keep_empty, modality=modality, intensity=intensity, format=fmt,
                rows_per_shard=rows_per_shard, seed=seed, overwrite=overwrite, preview=preview),
     )
     manifest = run_build(cfg, command=command_line())
@@ -97,6 +99,7 @@ def build(
     size: SizeOpt = None,
     keep_empty: KeepEmptyOpt = None,
     modality: ModalityOpt = None,
+    intensity: IntensityOpt = None,
     license: Annotated[Optional[str], typer.Option(help="License of the data, recorded in the dataset card.")] = None,
     overwrite: OverwriteOpt = False,
     preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
@@ -129,7 +132,7 @@ def build(
         base,
         _flags(source=source, out=str(out) if out else None, engine=engine, copies=copies, format=fmt,
                rows_per_shard=rows_per_shard, workers=workers, seed=seed, labels=labels, size=size,
-               keep_empty=keep_empty, modality=modality, license=license, preview=preview,
+               keep_empty=keep_empty, modality=modality, intensity=intensity, license=license, preview=preview,
                overwrite=overwrite or None, cache_dir=str(cache_dir) if cache_dir else None),
         recipe_path=recipe,
     )

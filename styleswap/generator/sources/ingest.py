@@ -23,7 +23,8 @@ from styleswap.generator.sources.volumes import LabelMap, load_case, make_label_
 @dataclass
 class SourceStream:
     """A validated source. ``info`` is JSON-able and goes into manifest.json; its
-    ``normalization.per_case`` fills in while streaming (each case's window or percentiles)."""
+    ``normalization.per_case`` fills in while streaming (each case's window or percentiles, and the
+    normalized volume's mean and std)."""
 
     info: dict
     _produce: Callable[[], Iterator[SourceSlice]] = field(repr=False)
@@ -42,11 +43,16 @@ def open_source(
     modality: str | None = None,
     seed: int = 0,
     project_labels: dict[str, int] = DEFAULT_LABELS,
+    intensity_rule: str = "percentile",
 ) -> SourceStream:
     """Recognise ``source`` (phantom[:N], nnU-Net raw or MSD folder, ``IMAGE:LABEL`` NIfTI pairs,
-    PNG folder), validate the arguments, and return a stream of preprocessed slices."""
+    PNG folder), validate the arguments, and return a stream of preprocessed slices.
+
+    ``intensity_rule``: ``percentile`` or ``standard`` (see `intensity`)."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
         raise StyleSwapError(f"--size must be an integer >= 8, got {size!r}")
+    if intensity_rule not in intensity.RULES:
+        raise StyleSwapError(f"--intensity must be one of {', '.join(intensity.RULES)}, got {intensity_rule!r}")
     if not 0.0 <= float(keep_empty) <= 1.0:
         raise StyleSwapError(f"--keep-empty must be in [0, 1], got {keep_empty!r}")
     layout = detect_layout(source)
@@ -61,7 +67,7 @@ def open_source(
         "labels": dict(project_labels),
         "label_remap": label_map.describe(),
         "normalization": {
-            "rule": pngs.RULE if layout.kind == "png" else intensity.describe_rule(),
+            "rule": pngs.RULE if layout.kind == "png" else intensity.describe_rule(rule=intensity_rule),
             "per_case": per_case,
         },
         "orientation": (
@@ -91,14 +97,14 @@ def open_source(
                 )
             return
         for volume in _volumes(layout, label_map, mod, int(seed)):
-            yield from _volume_slices(volume, per_case, **common)
+            yield from _volume_slices(volume, per_case, intensity_rule, **common)
 
     return SourceStream(info=info, _produce=produce)
 
 
-def _volume_slices(volume: Volume, per_case: dict, *, size: int, keep_empty: float, seed: int) -> Iterator[SourceSlice]:
-    image01, desc = intensity.normalize_intensity(volume.image, volume.modality)
-    per_case[volume.case_id] = desc
+def _volume_slices(volume: Volume, per_case: dict, rule: str, *, size: int, keep_empty: float, seed: int) -> Iterator[SourceSlice]:
+    image01, desc = intensity.normalize_intensity(volume.image, volume.modality, rule=rule)
+    per_case[volume.case_id] = {**desc, **intensity.volume_stats(image01)}
     volume.image = image01  # drop the raw intensities: one float copy of the volume at a time
     yield from slicing.slice_volume(
         volume.case_id, image01, volume.label, volume.spacing,

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.base import SourceSlice
-from styleswap.generator.sources.intensity import normalize_intensity
+from styleswap.generator.sources.intensity import normalize_intensity, volume_stats
 from styleswap.generator.sources.slicing import emit_slices, select_slices
 from styleswap.generator.sources.volumes import LabelMap, check_memory
 
@@ -104,7 +104,7 @@ def png_case_slices(
         scale = 1.0 / (hi - lo) if hi > lo else 0.0
         scaled = [np.clip((im.astype(np.float32) - lo) * scale, 0.0, 1.0) for im in images]
     if normalization is not None:
-        normalization[case_id] = desc
+        normalization[case_id] = {**desc, **volume_stats(np.concatenate([im.ravel() for im in scaled]))}
     fill = float(min(im.min() for im in scaled))
 
     keep = select_slices(np.array([m.any() for m in masks]), keep_empty, seed, case_id)
