@@ -1,21 +1,32 @@
 #!/usr/bin/env python
-"""CT -> MRI cross-modality benchmark (the paper's main experiment), through the two CLIs.
+"""Cross-modality benchmark (the paper's main experiment) in both directions, through the two CLIs.
 
-    python bench/cross_modality.py [--short] [--steps N] [--size S] [--workdir DIR]
+    python bench/cross_modality.py [--direction ct2mr|mr2ct] [--protocol fast|standard]
+                                   [--seeds 0,1] [--rows 0,4] [--short] [--workdir DIR]
 
-1. Split the CT cases of ``../shared/data/abdomen-ct`` into train and validation (symlinked nnU-Net
-   folders in the workdir; the validation cases pick the best checkpoint, as a user without
-   target data would).
-2. ``augment ingest`` CT-train, CT-val and the MRI target (``abdomen-mr-dev``, all slices kept so the
-   3D Dice covers whole volumes); ``augment build`` GIN and Bezier copies of CT-train.
-3. ``train seg`` every row with the same budget (steps, batch size, network, seed):
-   ERM, gin+dice, gin+dice+infonce, bezier+dice+infonce, gin+bezier+dice+infonce (``--short``:
-   ERM and the best row only).
-4. ``train eval`` each on CT validation as is, with test-time flips, with largest-component
-   post-processing and with both; the best of these on CT is the row's inference, measured on
-   the MRI set (the plain MRI figure is reported too). Print a Markdown table, write ``results.json``.
+1. Split the source cases (CT for ``ct2mr``, the MRI of ``abdomen-mr-dev`` for ``mr2ct``) into
+   train and validation (symlinked nnU-Net folders in the workdir; the validation cases pick the
+   checkpoint and the inference options, as a user without target data would).
+2. ``augment ingest`` source-train, source-val and the target (all slices kept so the 3D Dice
+   covers whole volumes); ``augment build`` GIN and Bezier copies of source-train.
+3. ``train seg`` every row and seed with the same budget (steps, batch size, network).
+4. ``train eval`` each on source validation as is, with test-time flips, with largest-component
+   post-processing and with both; the best of these on the source is the row's inference,
+   measured on the target (the plain target figure is reported too). Print a Markdown table
+   (mean and spread over seeds), write ``results.json``.
 
-MRI is used only for measuring. Skips with a message (exit 0) when ``../shared/data`` is absent.
+Protocols:
+
+* ``fast`` (default): 128 x 128, ingest's percentile intensity rule, 10 % of organ-free slices in
+  training, networks read [0, 1].
+* ``standard``: the preprocessing and evaluation of the GIN-IPA / SLAug code behind the published
+  figures: 192 x 192; CT clipped to its window (our CT is windowed to 8-bit already: full range),
+  MRI clipped at the 99.5th percentile (``augment ingest --intensity standard``); every volume
+  z-scored when the network reads it (``train seg --input-norm zscore``); training on slices that
+  contain an organ; 3D Dice per target volume and organ (background excluded), averaged over organs
+  and volumes. The forward pass is compiled (``--compile``) so that 192 px fits the same budget.
+
+The target is only measured. Skips with a message (exit 0) when ``../shared/data`` is absent.
 """
 
 from __future__ import annotations
@@ -32,15 +43,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
+#: direction -> (source folder, source modality, target folder, target modality, default validation cases)
+DIRECTIONS = {
+    "ct2mr": ("abdomen-ct", "CT", "abdomen-mr-dev", "MRI", 6),
+    "mr2ct": ("abdomen-mr-dev", "MRI", "abdomen-ct", "CT", 2),
+}
+#: protocol -> (slice size, ingest flags of every dataset, extra ingest flags of the training data, train seg flags)
+PROTOCOLS = {
+    "fast": (128, [], [], []),
+    "standard": (192, ["--intensity", "standard"], ["--keep-empty", "0"], ["--input-norm", "zscore", "--compile"]),
+}
 
 #: (row name, training dataset keys, --loss). Every row gets the same budget and the same
 #: training recipe (`RECIPE`); the rows differ only in which copies they see and the loss.
 ROWS = [
-    ("ERM (CT only)", ("ct-train",), "erm"),
-    ("GIN + Dice", ("ct-gin",), "dice"),
-    ("GIN + Dice + InfoNCE", ("ct-gin",), "dice+infonce"),
-    ("Bezier + Dice + InfoNCE", ("ct-bezier",), "dice+infonce"),
-    ("GIN + Bezier + Dice + InfoNCE", ("ct-gin", "ct-bezier"), "dice+infonce"),
+    ("ERM (source only)", ("src-train",), "erm"),
+    ("GIN + Dice", ("src-gin",), "dice"),
+    ("GIN + Dice + InfoNCE", ("src-gin",), "dice+infonce"),
+    ("Bezier + Dice + InfoNCE", ("src-bezier",), "dice+infonce"),
+    ("GIN + Bezier + Dice + InfoNCE", ("src-gin", "src-bezier"), "dice+infonce"),
 ]
 #: The best row: what the short CI mode checks against ERM.
 BEST = 4
@@ -98,113 +119,101 @@ def list_cases(src: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--direction", choices=sorted(DIRECTIONS), default="ct2mr", help="ct2mr: train on CT, measure MRI; mr2ct: the reverse")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="fast", help="fast (128 px) or standard (the published protocol, 192 px)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds, each row trained once per seed (default: --seed)")
     ap.add_argument("--short", action="store_true", help="CI mode: 12 cases, 64 x 64, 1000 steps, ERM and the best row")
     ap.add_argument("--steps", type=int, default=None, help="training steps per row (default 5500, 45 min of the best row on 2 cores; --short: 1000)")
     ap.add_argument("--nce-weight", type=float, default=0.1, help="PatchNCE weight of the InfoNCE rows")
     ap.add_argument("--intensity-aug", default=INTENSITY_AUG, help=f"train seg --intensity-aug of every row (default {INTENSITY_AUG})")
-    ap.add_argument("--size", type=int, default=None, help="slice size (default 128; --short: 64)")
+    ap.add_argument("--train-args", default="", help="extra train seg arguments for every row (quoted), e.g. '--channels 24'")
+    ap.add_argument("--size", type=int, default=None, help="slice size (default: the protocol's; --short: 64)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--copies", type=int, default=None, help="copies per slice (default 8; --short: 2)")
-    ap.add_argument("--val-cases", type=int, default=None, help="CT cases held out for validation (default 6; --short: 2)")
-    ap.add_argument("--train-cases", type=int, default=None, help="CT training cases (default all; --short: 12)")
+    ap.add_argument("--val-cases", type=int, default=None, help="source cases held out for validation (default: ct2mr 6, mr2ct 2; --short: 2)")
+    ap.add_argument("--train-cases", type=int, default=None, help="source training cases (default all; --short: 12)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "results" / "cross_modality")
+    ap.add_argument("--workdir", type=Path, default=None, help="default: bench/results/cross_modality/DIRECTION-PROTOCOL")
     ap.add_argument("--rows", default=None, help="comma-separated row indices to run (default all)")
+    ap.add_argument("--tag", default="", help="suffix for the run folders of this invocation (ablations of the same rows)")
     ap.add_argument("--check-margin", type=float, default=None, help="exit 1 unless the best row beats ERM by this much mean Dice (0-1)")
     ap.add_argument("--prepare-only", action="store_true", help="ingest and build the datasets, train nothing")
     args = ap.parse_args()
 
-    ct_src, mr_src = DATA / "abdomen-ct", DATA / "abdomen-mr-dev"
-    if not ct_src.is_dir() or not mr_src.is_dir():
-        print(f"skipped: {DATA} (abdomen-ct, abdomen-mr-dev) is absent; the benchmark needs the shared data")
+    src_name, src_mod, tgt_name, tgt_mod, default_val = DIRECTIONS[args.direction]
+    src, tgt = DATA / src_name, DATA / tgt_name
+    if not src.is_dir() or not tgt.is_dir():
+        print(f"skipped: {DATA} ({src_name}, {tgt_name}) is absent; the benchmark needs the shared data")
         return 0
     short = args.short
+    proto_size, ingest_flags, train_ingest_flags, proto_train = PROTOCOLS[args.protocol]
     steps = args.steps or (1000 if short else 5500)
-    size = args.size or (64 if short else 128)
+    size = args.size or (64 if short else proto_size)
     copies = args.copies or (2 if short else 8)
-    n_val = args.val_cases or (2 if short else 6)
-    W = args.workdir.resolve()
+    n_val = args.val_cases or (2 if short else default_val)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    W = (args.workdir or REPO / "bench" / "results" / "cross_modality" / f"{args.direction}-{args.protocol}").resolve()
     W.mkdir(parents=True, exist_ok=True)
     log = W / "commands.log"
     augment, train = _bin("augment"), _bin("train")
 
-    cases = list_cases(ct_src)
+    cases = list_cases(src)
     val_cases = cases[-n_val:]  # fixed, documented hold-out: the last cases by name
     train_cases = cases[: len(cases) - n_val]
     if args.train_cases or short:
         train_cases = train_cases[: args.train_cases or 12]
-    split_cases(ct_src, W / "src" / "ct-train", train_cases)
-    split_cases(ct_src, W / "src" / "ct-val", val_cases)
+    split_cases(src, W / "src" / "train", train_cases)
+    split_cases(src, W / "src" / "val", val_cases)
 
-    common = ["--size", str(size), "--seed", str(args.seed), "--overwrite", "--no-preview"]
-    ds = {k: W / k for k in ("ct-train", "ct-val", "mr", "ct-gin", "ct-bezier")}
-    run(augment + ["ingest", str(W / "src" / "ct-train"), "--out", str(ds["ct-train"]), "--modality", "CT", *common], log)
-    run(augment + ["ingest", str(W / "src" / "ct-val"), "--out", str(ds["ct-val"]), "--modality", "CT", "--keep-empty", "1", *common], log)
-    run(augment + ["ingest", str(mr_src), "--out", str(ds["mr"]), "--modality", "MRI", "--keep-empty", "1", *common], log)
+    # Every dataset is ingested with the build seed 0: the data stay the same whatever seeds train on them.
+    common = ["--size", str(size), "--seed", "0", "--overwrite", "--no-preview", *ingest_flags]
+    ds = {k: W / k for k in ("src-train", "src-val", "target", "src-gin", "src-bezier")}
+    run(augment + ["ingest", str(W / "src" / "train"), "--out", str(ds["src-train"]), "--modality", src_mod, *common, *train_ingest_flags], log)
+    run(augment + ["ingest", str(W / "src" / "val"), "--out", str(ds["src-val"]), "--modality", src_mod, "--keep-empty", "1", *common], log)
+    run(augment + ["ingest", str(tgt), "--out", str(ds["target"]), "--modality", tgt_mod, "--keep-empty", "1", *common], log)
     for engine in ("gin", "bezier"):
-        run(augment + ["build", "--source", str(ds["ct-train"]), "--engine", engine, "--copies", str(copies),
-                       "--out", str(ds[f"ct-{engine}"]), "--seed", str(args.seed), "--workers", str(args.workers),
+        run(augment + ["build", "--source", str(ds["src-train"]), "--engine", engine, "--copies", str(copies),
+                       "--out", str(ds[f"src-{engine}"]), "--seed", "0", "--workers", str(args.workers),
                        "--overwrite"], log)  # fmt: skip
 
     if args.prepare_only:
         print(f"datasets ready under {W}")
         return 0
-    budget = {"steps": steps, "batch_size": args.batch_size, "size": size, "copies": copies, "arch": "unet",
-              "recipe": " ".join(RECIPE + ["--intensity-aug", args.intensity_aug]), "nce_weight": args.nce_weight, "seed": args.seed,
-              "train_cases": len(train_cases), "val_cases": val_cases}  # fmt: skip
+    extra = args.train_args.split()
+    recipe = RECIPE + ["--intensity-aug", args.intensity_aug] + proto_train + extra
+    budget = {"steps": steps, "batch_size": args.batch_size, "size": size, "copies": copies, "recipe": " ".join(recipe),
+              "nce_weight": args.nce_weight, "seeds": seeds, "direction": args.direction, "protocol": args.protocol,
+              "train_cases": len(train_cases), "val_cases": val_cases, "target_cases": len(list_cases(tgt))}  # fmt: skip
     every = max(steps // 10, 10)
-    results = []
     picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else ROWS)
+    runs = []
     for name, keys, loss in picked:
-        slug = f"{'+'.join(keys)}-{loss.replace('+', '-')}"
-        out = W / "runs" / slug
-        t = time.perf_counter()
-        data = [a for k in keys for a in ("--data", str(ds[k]))]
-        nce = ["--nce-weight", str(args.nce_weight)] if "infonce" in loss else []
-        run(train + ["seg", *data, "--val", str(ds["ct-val"]), "--out", str(out), "--loss", loss, *RECIPE, *nce,
-                     "--intensity-aug", args.intensity_aug,
-                     "--steps", str(steps), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-                     "--workers", str(args.workers), "--val-every", str(every), "--checkpoint-every", str(every),
-                     "--log-every", str(max(every // 5, 1)), "--no-progress", "--resume", "latest"], log)  # fmt: skip
-        train_s = time.perf_counter() - t
-        # inference options are chosen on CT validation, like the checkpoint; MRI only measures
-        val_dice = {}
-        for flags in POSTPROCESS:
-            ev = W / "eval-ct-val" / (slug + "".join(flags))
-            run(train + ["eval", "--model", str(out), "--data", str(ds["ct-val"]), "--out", str(ev), *flags], log)
-            val_dice[flags] = json.loads((ev / "metrics.json").read_text())["mean_dice"] or 0.0
-        chosen = max(POSTPROCESS, key=lambda f: (val_dice[f], -len(f)))  # ties: the simpler option
-        mr = {}
-        for flags in {(), chosen}:
-            ev = W / "eval" / (slug + "".join(flags))
-            run(train + ["eval", "--model", str(out), "--data", str(ds["mr"]), "--out", str(ev), *flags], log)
-            mr[flags] = json.loads((ev / "metrics.json").read_text())
-        m = mr[chosen]
-        results.append({"row": name, "data": list(keys), "loss": loss, "train_seconds": round(train_s, 1),
-                        "mean_dice": m["mean_dice"], "mean_dice_std": m["mean_dice_std"],
-                        "per_organ": {o: m["per_organ"].get(o, {}).get("mean") for o in ORGANS},
-                        "inference": " ".join(chosen) or "plain", "mean_dice_plain": mr[()]["mean_dice"],
-                        "ct_val_dice": {(" ".join(f) or "plain"): v for f, v in val_dice.items()}})  # fmt: skip
-
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}"
+        for seed in seeds:
+            slug = f"{'+'.join(keys)}-{loss.replace('+', '-')}-s{seed}{args.tag}".replace("src-", "")
+            runs.append(evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps, args, every))
+    results = summarize_rows(runs)
 
     lines = [
-        "| method | mean Dice % | " + " | ".join(ORGANS) + " | inference (chosen on CT val) | plain mean Dice % | train s |",
-        "|---|---:|" + "---:|" * len(ORGANS) + "---|---:|---:|",
+        "| method | seeds | mean Dice % | spread | " + " | ".join(ORGANS) + " | inference (chosen on source val) | plain mean Dice % | train s |",
+        "|---|---|---:|---:|" + "---:|" * len(ORGANS) + "---|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['row']} | {pct(r['mean_dice'])} | " + " | ".join(pct(r["per_organ"][o]) for o in ORGANS)
+        lines.append(f"| {r['row']} | {','.join(str(x) for x in r['seeds'])} | {pct(r['mean_dice'])} | {spread(r)} | "
+                     + " | ".join(pct(r["per_organ"][o]) for o in ORGANS)
                      + f" | {r['inference']} | {pct(r['mean_dice_plain'])} | {r['train_seconds']:.0f} |")  # fmt: skip
     table = "\n".join(lines)
-    note = (f"\nCT -> MRI (abdomen-mr-dev, {len(list_cases(mr_src))} cases, 3D Dice per case). Budget per row: "
-            f"{steps} steps x batch {args.batch_size} at {size}x{size}, UNet 16ch depth 4, seed {args.seed}, {copies} copies "
-            f"per slice, `train seg {' '.join(RECIPE)} --intensity-aug {args.intensity_aug}` (InfoNCE weight {args.nce_weight}); "
-            f"{len(train_cases)} CT training cases, {len(val_cases)} CT validation cases pick the checkpoint.")  # fmt: skip
+    note = (f"\n{args.direction} ({args.protocol} protocol): source {src_name} ({len(train_cases)} train, {len(val_cases)} validation "
+            f"cases), target {tgt_name} ({budget['target_cases']} cases, 3D Dice per case, only measured). Budget per row and seed: "
+            f"{steps} steps x batch {args.batch_size} at {size}x{size}, {copies} copies per slice, `train seg {' '.join(recipe)}` "
+            f"(InfoNCE weight {args.nce_weight}). Spread: half the range over seeds.")  # fmt: skip
+    if args.direction == "mr2ct":
+        note += " The MRI source holds 8 volumes (the published protocol trains on 20)."
     print("\n" + table + note)
-    (W / "results.json").write_text(json.dumps({"budget": budget, "short": short, "rows": results}, indent=2))
-    (W / "results.md").write_text(table + "\n" + note + "\n")
+    out_json = {"budget": budget, "short": short, "rows": results, "runs": runs}
+    suffix = args.tag or ""
+    (W / f"results{suffix}.json").write_text(json.dumps(out_json, indent=2))
+    (W / f"results{suffix}.md").write_text(table + "\n" + note + "\n")
     if args.check_margin is not None:
         by_name = {r["row"]: r["mean_dice"] or 0.0 for r in results}
         gap = by_name[ROWS[BEST][0]] - by_name[ROWS[0][0]]
@@ -212,6 +221,69 @@ def main() -> int:
         if gap < args.check_margin:
             return 1
     return 0
+
+
+def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps, args, every) -> dict:
+    """Train one row with one seed, choose its inference on source validation, measure the target."""
+    out = W / "runs" / slug
+    t = time.perf_counter()
+    data = [a for k in keys for a in ("--data", str(ds[k]))]
+    nce = ["--nce-weight", str(args.nce_weight)] if "infonce" in loss else []
+    run(train + ["seg", *data, "--val", str(ds["src-val"]), "--out", str(out), "--loss", loss, *recipe, *nce,
+                 "--steps", str(steps), "--batch-size", str(args.batch_size), "--seed", str(seed),
+                 "--workers", str(args.workers), "--val-every", str(every), "--checkpoint-every", str(every),
+                 "--log-every", str(max(every // 5, 1)), "--no-progress", "--resume", "latest"], log)  # fmt: skip
+    train_s = time.perf_counter() - t
+    # inference options are chosen on source validation, like the checkpoint; the target only measures
+    val_dice = {}
+    for flags in POSTPROCESS:
+        ev = W / "eval-src-val" / (slug + "".join(flags))
+        run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(ev), *flags], log)
+        val_dice[flags] = json.loads((ev / "metrics.json").read_text())["mean_dice"] or 0.0
+    chosen = max(POSTPROCESS, key=lambda f: (val_dice[f], -len(f)))  # ties: the simpler option
+    tgt = {}
+    for flags in {(), chosen}:
+        ev = W / "eval" / (slug + "".join(flags))
+        run(train + ["eval", "--model", str(out), "--data", str(ds["target"]), "--out", str(ev), *flags], log)
+        tgt[flags] = json.loads((ev / "metrics.json").read_text())
+    m = tgt[chosen]
+    return {"row": name, "seed": seed, "data": list(keys), "loss": loss, "run": str(out), "train_seconds": round(train_s, 1),
+            "mean_dice": m["mean_dice"], "mean_dice_std": m["mean_dice_std"],
+            "per_organ": {o: m["per_organ"].get(o, {}).get("mean") for o in ORGANS},
+            "per_case": {c: v.get("mean") for c, v in m["per_case"].items()},
+            "inference": " ".join(chosen) or "plain", "mean_dice_plain": tgt[()]["mean_dice"],
+            "source_val_dice": {(" ".join(f) or "plain"): v for f, v in val_dice.items()}}  # fmt: skip
+
+
+def summarize_rows(runs: list[dict]) -> list[dict]:
+    """One entry per row: means over its seeds (and half the range as the spread)."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        out.setdefault(r["row"], {"row": r["row"], "runs": []})["runs"].append(r)
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    rows = []
+    for row in out.values():
+        rs = row["runs"]
+        dice = [r["mean_dice"] or 0.0 for r in rs]
+        rows.append({"row": row["row"], "seeds": [r["seed"] for r in rs], "data": rs[0]["data"], "loss": rs[0]["loss"],
+                     "mean_dice": mean(dice), "dice_by_seed": dice, "spread": (max(dice) - min(dice)) / 2,
+                     "per_organ": {o: mean([r["per_organ"][o] for r in rs]) for o in ORGANS},
+                     "inference": " / ".join(r["inference"] for r in rs), "mean_dice_plain": mean([r["mean_dice_plain"] for r in rs]),
+                     "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
+                     "source_val_dice": [r["source_val_dice"] for r in rs]})  # fmt: skip
+    return rows
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def spread(r: dict) -> str:
+    return "-" if len(r["seeds"]) < 2 else f"±{100 * r['spread']:.1f}"
 
 
 if __name__ == "__main__":

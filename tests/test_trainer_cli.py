@@ -125,3 +125,42 @@ def test_end_to_end_train_and_eval_learns(tmp_path):
     assert m["mean_dice"] > 0.3
     assert (tmp_path / "ev" / "metrics.md").read_text().startswith("| organ |")
     assert (tmp_path / "ev" / "predictions.png").stat().st_size > 0
+
+
+def test_zscore_input_norm_trains_evaluates_and_needs_volume_stats(tmp_path):
+    """--input-norm zscore: recorded in the model config, fed the per-volume z-score in training and
+    evaluation; data without volume_stats is a one-line error before anything is written."""
+    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16, volume_stats=True)
+    plain = write_dataset(tmp_path / "plain", n_cases=1, slices=2, size=16)
+    r = _run("seg", "--data", plain, "--out", tmp_path / "refused", "--steps", "2", "--input-norm", "zscore", *TINY)
+    _assert_one_line_error(r, "plain", "volume_stats")
+    assert not (tmp_path / "refused").exists()
+    r = _run("seg", "--data", data, "--out", tmp_path / "run", "--steps", "3", "--batch-size", "4", "--input-norm", "zscore", *TINY)
+    assert r.exit_code == 0, r.output + str(r.exception)
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["input_norm"] == "zscore"
+    r = _run("eval", "--model", tmp_path / "run", "--data", plain, "--out", tmp_path / "ev-plain")
+    _assert_one_line_error(r, "plain", "volume_stats")
+    r = _run("eval", "--model", tmp_path / "run", "--data", data, "--out", tmp_path / "ev")
+    assert r.exit_code == 0, r.output + str(r.exception)
+    r = _run("seg", "--data", data, "--out", tmp_path / "bad", "--steps", "2", "--input-norm", "minmax", *TINY)
+    _assert_one_line_error(r, "--input-norm", "minmax")
+
+
+@pytest.mark.slow
+def test_compiled_forward_keeps_checkpoint_keys_and_learns_the_same_way(tmp_path):
+    """--compile changes how the forward runs, not the weights' names or the maths (to float noise).
+
+    Weights are compared through the network's output: a conv bias in front of an instance norm
+    has no effect and a zero gradient up to rounding, which Adam turns into lr-sized steps."""
+    from styleswap.trainer.model import load_model
+
+    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16)
+    train_segmentation(_cfg(data, tmp_path / "eager", 3))
+    train_segmentation(_cfg(data, tmp_path / "compiled", 3, compile=True))
+    a = load_file(str(tmp_path / "eager" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "compiled" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ya, yb = (load_model(tmp_path / r / "final")(x).softmax(1) for r in ("eager", "compiled"))
+    torch.testing.assert_close(ya, yb, rtol=0, atol=2e-3)

@@ -105,3 +105,21 @@ def test_random_affine_is_shared_and_keeps_mask_labels():
 def test_lateral_permutation():
     perm = lateral_permutation({"background": 0, "kidney_right": 1, "kidney_left": 2, "liver": 3}, 4)
     assert perm.tolist() == [0, 2, 1, 3]
+
+
+def test_items_carry_their_volume_stats_and_zscore_uses_them(tmp_path):
+    from styleswap.trainer.model import normalize_input
+
+    root = write_dataset(tmp_path / "d", n_cases=2, slices=3, size=16, volume_stats=True)
+    info = open_dataset(root)
+    items = list(SliceStream([info], shuffle=False))
+    for it in items:
+        st = info.volume_stats[it["case_id"]]
+        assert it["stats"].tolist() == pytest.approx([st["mean"], st["std"]])
+    # hand-computed: (x - mean) / std per image, each with its own volume's numbers
+    x = torch.tensor([[[[0.5, 1.0]]], [[[0.2, 0.2]]]])
+    stats = torch.tensor([[0.5, 0.25], [0.0, 0.1]])
+    assert normalize_input(x, stats, "zscore").flatten().tolist() == pytest.approx([0.0, 2.0, 2.0, 2.0])
+    assert torch.equal(normalize_input(x, stats, "unit"), x)
+    plain = open_dataset(write_dataset(tmp_path / "p", n_cases=1, slices=1, size=16))
+    assert next(iter(SliceStream([plain], shuffle=False)))["stats"].tolist() == [0.0, 1.0]

@@ -128,11 +128,13 @@ def write_dataset(
     seed: int = 0,
     case_prefix: str = "case",
     rows: list[dict] | None = None,
+    volume_stats: bool = False,
 ) -> Path:
     """Write a dataset folder; returns its path.
 
     ``bad_label`` writes that id into one mask pixel of the last row; ``n_cases=0`` writes an
-    empty dataset (one shard with no rows).
+    empty dataset (one shard with no rows). ``volume_stats`` records each case's mean and std (of
+    its stored slices) in the manifest, as ingest does for whole volumes.
     """
     root = Path(root)
     (root / contract.DATA_DIR).mkdir(parents=True, exist_ok=True)
@@ -167,5 +169,10 @@ def write_dataset(
         "engine": "synthetic",
         "size": size,
     }
+    if volume_stats:
+        by_case: dict[str, list] = {}
+        for r in rows:
+            by_case.setdefault(r["case_id"], []).append(contract.to_unit_float(r["image"]))
+        manifest["volume_stats"] = {c: {"mean": float(np.mean(v)), "std": float(np.std(v))} for c, v in by_case.items()}
     (root / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return root

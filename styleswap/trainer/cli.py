@@ -70,6 +70,8 @@ def seg(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 200,
     checkpoints_total_limit: Annotated[int, typer.Option(help="Checkpoints kept (0: all).")] = 2,
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (GPU).")] = "no",
+    input_norm: Annotated[str, typer.Option(help="What the network reads: unit (slices in [0, 1]) | zscore (each slice minus its volume's mean, over its std: the GIN-IPA / SLAug protocol; needs data ingested with this version).")] = "unit",
+    compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the network's forward (about 1.6x faster per step on CPU at 192 px, ~20 s to compile).")] = False,
     resume: Annotated[Optional[str], typer.Option(help="'latest' or a checkpoint folder.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
@@ -83,7 +85,7 @@ def seg(
         nce_temperature=nce_temperature, nce_patches=nce_patches, nce_layers=nce_layers, nce_mlp=nce_mlp,
         flip_prob=flip_prob, rotate_deg=rotate, scale=scale, log_every=log_every, val_every=val_every,
         checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_total_limit or None,
-        mixed_precision=mixed_precision, resume=resume, progress=progress,
+        mixed_precision=mixed_precision, input_norm=input_norm, compile=compile_, resume=resume, progress=progress,
     )  # fmt: skip
     summary = train_segmentation(cfg)
     typer.echo(f"trained {summary['steps']} steps -> {summary['out']} (best val mean Dice: {summary['best_val_mean_dice']})")

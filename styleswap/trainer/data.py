@@ -72,6 +72,9 @@ class DatasetInfo:
     image_size: tuple[int, int]
     modality: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: case_id -> {"mean", "std"} of the normalized volume (manifest ``volume_stats``), for the
+    #: per-volume z-score of ``--input-norm zscore``; empty for datasets made before it existed
+    volume_stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -162,7 +165,8 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
         if missing:
             raise StyleSwapError(f"{spath}: missing column(s) {', '.join(missing)}")
         shards.append(ShardInfo(spath, str(entry.get("split", "train")), n, fmt, units))
-    info = DatasetInfo(root, manifest, labels, fmt, shards, (0, 0), str(manifest.get("modality", "")))
+    info = DatasetInfo(root, manifest, labels, fmt, shards, (0, 0), str(manifest.get("modality", "")),
+                       volume_stats=dict(manifest.get("volume_stats") or {}))
     if info.num_rows == 0:
         what = f"split {split!r}" if split else "dataset"
         raise StyleSwapError(f"{root}: empty {what} (no rows in any shard)")
@@ -248,6 +252,8 @@ class SliceStream(IterableDataset):
                                                  original itself when the row has no copies
         mask       (1, H, W) int64               label ids < num_classes
         has_copy   bool
+        stats      (2,) float32                  mean and std of the slice's volume (``volume_stats``;
+                                                 (0, 1) when the manifest has none)
         sample_id, case_id (str), slice_index (int), spacing (3,) float32
 
     Args:
@@ -298,6 +304,7 @@ class SliceStream(IterableDataset):
         self.batch_size = int(batch_size)
         self.epoch = 0
         self._units = [(s, u) for d in self.datasets for s in d.shards for u in s.units]
+        self._stats = {s.path: d.volume_stats for d in self.datasets for s in d.shards}
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's order; call before each ``iter(DataLoader)``."""
@@ -382,6 +389,7 @@ class SliceStream(IterableDataset):
         spacing = [float(x) for x in (row["spacing"] or [])][:3]
         spacing += [1.0] * (3 - len(spacing))
         img_t = torch.from_numpy(contract.to_unit_float(image))[None]
+        vs = self._stats.get(shard, {}).get(row["case_id"])
         return {
             "image": img_t,
             "augmented": torch.from_numpy(contract.to_unit_float(aug))[None] if has_copy else img_t.clone(),
@@ -391,6 +399,7 @@ class SliceStream(IterableDataset):
             "case_id": row["case_id"],
             "slice_index": row["slice_index"],
             "spacing": torch.tensor(spacing, dtype=torch.float32),
+            "stats": torch.tensor([vs["mean"], vs["std"]] if vs else [0.0, 1.0], dtype=torch.float32),
         }
 
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from styleswap import contract
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, open_dataset
-from styleswap.trainer.model import SegNet, load_model, resolve_model_dir
+from styleswap.trainer.model import SegNet, load_model, normalize_input, resolve_model_dir
 
 
 def dice_from_counts(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> np.ndarray:
@@ -166,6 +166,10 @@ def evaluate_info(
     organ_names = [n for n, _ in sorted(info.labels.items(), key=lambda kv: kv[1])][1:]
     organ_names += [f"class_{i}" for i in range(len(organ_names) + 1, ncls)]
     swap = lateral_permutation(info.labels, ncls)
+    input_norm = model.config.get("input_norm", "unit")
+    if input_norm == "zscore" and not info.volume_stats:
+        raise StyleSwapError(f"{info.root}: the model reads per-volume z-scores, but manifest.json has no volume_stats; "
+                             "ingest the data again with this version")
     stream = SliceStream([info], shuffle=False, num_classes=ncls, with_copies=False)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
     counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((3, ncls - 1), np.int64))
@@ -177,7 +181,8 @@ def evaluate_info(
     model.eval()
     try:
         for batch in loader:
-            pred = predict_labels(model, batch["image"].to(device), tta, swap).cpu().numpy()
+            x = normalize_input(batch["image"].to(device), batch["stats"], input_norm)
+            pred = predict_labels(model, x, tta, swap).cpu().numpy()
             gt = batch["mask"][:, 0].numpy()
             n_slices += len(gt)
             for i, case in enumerate(batch["case_id"]):

@@ -16,6 +16,10 @@ Architectures:
   widths ``(c, c, 2c, 4c, 8c, c)``. Encoder features: ``conv_0`` (H) and ``down_1..4``.
 
 Input height and width must be divisible by ``2**(depth-1)`` (``basicunet``: 16).
+
+``input_norm`` (config key, default ``unit``) says what the network reads: ``unit`` the stored
+slice in [0, 1]; ``zscore`` the slice minus its volume's mean, divided by its volume's std (the
+reference protocol of GIN-IPA and SLAug); `normalize_input` applies it wherever a network is fed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import nn
 from styleswap.errors import StyleSwapError
 
 ARCHS = ("unet", "basicunet")
+INPUT_NORMS = ("unit", "zscore")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -112,6 +117,18 @@ class SegNet(nn.Module):
         finally:
             self._captured = None
         return logits, feats
+
+
+def normalize_input(x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, C, H, W) images in [0, 1] -> what a network with ``input_norm`` ``mode`` reads.
+
+    ``stats`` (B, 2): each image's volume mean and std in the same [0, 1] units."""
+    if mode == "unit":
+        return x
+    if mode != "zscore":
+        raise StyleSwapError(f"unknown input_norm {mode!r} (choose from {', '.join(INPUT_NORMS)})")
+    stats = stats.to(x.device, x.dtype)
+    return (x - stats[:, :1, None, None]) / stats[:, 1:, None, None].clamp_min(1e-6)
 
 
 def build_model(config: dict[str, Any]) -> SegNet:
