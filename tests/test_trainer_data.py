@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from styleswap.trainer.data import SliceStream, lateral_permutation, open_dataset
-from styleswap.trainer.train import geometric_augment
+from styleswap.trainer.augment import geometric_augment
 from trainer_fixtures import write_dataset
 
 torch.set_num_threads(1)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from styleswap.trainer.evaluate import dice_per_organ, keep_largest_component
-from styleswap.trainer.schedule import bias_field, intensity_augment, lr_at, organ_intensity_shift, parse_intensity_augs
+from styleswap.trainer.augment import bias_field, intensity_augment, organ_intensity_shift
+from styleswap.trainer.config import parse_intensity_augs
+from styleswap.trainer.schedule import lr_at
 
 
 def test_lr_schedules_against_hand_values():

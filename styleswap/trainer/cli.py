@@ -8,18 +8,22 @@ Known errors (`StyleSwapError`) become one line ``error: ...`` on stderr and exi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
+import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from styleswap.errors import StyleSwapError, one_line
+from styleswap.trainer.config import REQUIRED, TrainConfig
 
 app = typer.Typer(help="Train and evaluate segmentation networks on StyleSwap dataset folders.", no_args_is_help=True, add_completion=False)
 
-DataOpt = Annotated[list[Path], typer.Option("--data", help="Dataset folder (repeatable).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
 
 
@@ -35,60 +39,41 @@ def _errors_to_exit(fn):
     return wrapper
 
 
-@app.command("seg")
-@_errors_to_exit
-def seg(
-    data: DataOpt,
-    out: OutOpt,
-    val: Annotated[Optional[Path], typer.Option(help="Validation dataset folder (source modality); best/ keeps the best mean Dice.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Use only shards of this split from --data.")] = None,
-    loss: Annotated[str, typer.Option(help="erm | dice | dice+infonce")] = "dice+infonce",
-    arch: Annotated[str, typer.Option(help="unet (monai UNet) | basicunet")] = "unet",
-    channels: Annotated[int, typer.Option("--channels", "--width", help="Width of the first level (doubles per level).")] = 16,
-    depth: Annotated[int, typer.Option(help="Number of resolution levels.")] = 4,
-    res_units: Annotated[int, typer.Option(help="Residual units per block (unet).")] = 2,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Source slices per step and process (the copies come on top).")] = 16,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    lr_schedule: Annotated[str, typer.Option(help="constant | cosine (to 0 at --steps) | poly (nnU-Net's (1-t)^0.9).")] = "constant",
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
-    intensity_aug: Annotated[str, typer.Option(help="Comma-separated: standard (per-image gamma, contrast, brightness, noise on originals and copies), organ (on copies, a random intensity map per organ, so organ-to-organ contrast is no cue), bias (on copies, a smooth random shading field); or none.")] = "none",
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
-    seed: Annotated[int, typer.Option(help="Seed for init, data order, copies, augmentation.")] = 0,
-    workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,
-    buffer_size: Annotated[int, typer.Option(help="Shuffle buffer (rows).")] = 256,
-    nce_weight: Annotated[float, typer.Option(help="Weight of the PatchNCE term.")] = 1.0,
-    nce_temperature: Annotated[float, typer.Option(help="PatchNCE temperature.")] = 0.07,
-    nce_patches: Annotated[int, typer.Option(help="Locations sampled per layer.")] = 256,
-    nce_layers: Annotated[Optional[str], typer.Option(help="Encoder depths, e.g. '0,1,2' (default: all).")] = None,
-    nce_mlp: Annotated[bool, typer.Option("--nce-mlp/--no-nce-mlp", help="CUT's projection MLP.")] = True,
-    flip_prob: Annotated[float, typer.Option(help="Horizontal flip probability (left/right labels swapped).")] = 0.5,
-    rotate: Annotated[float, typer.Option(help="Max rotation, degrees.")] = 15.0,
-    scale: Annotated[float, typer.Option(help="Max relative zoom.")] = 0.1,
-    log_every: Annotated[int, typer.Option(help="Steps between metrics.csv rows.")] = 10,
-    val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 200,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 200,
-    checkpoints_total_limit: Annotated[int, typer.Option(help="Checkpoints kept (0: all).")] = 2,
-    mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (GPU).")] = "no",
-    input_norm: Annotated[str, typer.Option(help="What the network reads: unit (slices in [0, 1]) | zscore (each slice minus its volume's mean, over its std: the GIN-IPA / SLAug protocol; needs data ingested with this version).")] = "unit",
-    compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the network's forward (about 1.6x faster per step on CPU at 192 px, ~20 s to compile).")] = False,
-    resume: Annotated[Optional[str], typer.Option(help="'latest' or a checkpoint folder.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
-    """Train a 2D segmentation network on (original, copy, mask) triples."""
-    from styleswap.trainer.train import TrainConfig, train_segmentation
+def _seg_options() -> list[inspect.Parameter]:
+    """``train seg``'s options, one per `TrainConfig` field: the default and help are the config's."""
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        typ = hints[f.name]
+        flags = list(f.metadata.get("flags") or ())
+        dashed = "--" + f.name.replace("_", "-")
+        if typ is bool:
+            flags = flags or [f"{dashed}/--no-{f.name.replace('_', '-')}"]
+        required = f.default is REQUIRED
+        default = ... if required else f.default
+        if f.name == "checkpoints_total_limit":  # 0 on the command line means "keep all"
+            typ = int
+        elif typ == list[str]:
+            typ = list[str]
+        opt = typer.Option(*(flags or [dashed]), help=f.metadata.get("help", ""), show_default=not required,
+                           metavar=f.metadata.get("metavar"))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]))
+    return params
 
-    cfg = TrainConfig(
-        data=[str(d) for d in data], out=str(out), val=str(val) if val else None, split=split, loss=loss, arch=arch,
-        channels=channels, depth=depth, num_res_units=res_units, steps=steps, batch_size=batch_size, lr=lr,
-        lr_schedule=lr_schedule, warmup_steps=warmup_steps, intensity_aug=intensity_aug, weight_decay=weight_decay, seed=seed, workers=workers, buffer_size=buffer_size, nce_weight=nce_weight,
-        nce_temperature=nce_temperature, nce_patches=nce_patches, nce_layers=nce_layers, nce_mlp=nce_mlp,
-        flip_prob=flip_prob, rotate_deg=rotate, scale=scale, log_every=log_every, val_every=val_every,
-        checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_total_limit or None,
-        mixed_precision=mixed_precision, input_norm=input_norm, compile=compile_, resume=resume, progress=progress,
-    )  # fmt: skip
-    summary = train_segmentation(cfg)
+
+def seg(**options) -> None:
+    """Train a 2D segmentation network on (original, copy, mask) triples."""
+    from styleswap.trainer.train import train_segmentation
+
+    options["checkpoints_total_limit"] = options["checkpoints_total_limit"] or None
+    summary = train_segmentation(TrainConfig(**options))
     typer.echo(f"trained {summary['steps']} steps -> {summary['out']} (best val mean Dice: {summary['best_val_mean_dice']})")
+
+
+seg.__signature__ = inspect.Signature(_seg_options())
+app.command("seg")(_errors_to_exit(seg))
 
 
 @app.command("eval")
@@ -107,7 +92,12 @@ def eval_(
     """Per-organ 3D Dice (and HD95) per case: metrics.json, metrics.md, predictions.png."""
     from styleswap.trainer.evaluate import evaluate_model, metrics_markdown
 
-    metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
+    for w in caught:
+        if w.category is UserWarning and "styleswap" in str(w.filename):  # ours; not the libraries' deprecations
+            typer.echo(f"warning: {w.message}", err=True)
     typer.echo(metrics_markdown(metrics))
 
 

@@ -75,6 +75,8 @@ class DatasetInfo:
     #: case_id -> {"mean", "std"} of the normalized volume (manifest ``volume_stats``), for the
     #: per-volume z-score of ``--input-norm zscore``; empty for datasets made before it existed
     volume_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: style-intervened copies per row (manifest ``copies``, else the first row's)
+    copies: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -165,15 +167,18 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
         if missing:
             raise StyleSwapError(f"{spath}: missing column(s) {', '.join(missing)}")
         shards.append(ShardInfo(spath, str(entry.get("split", "train")), n, fmt, units))
-    info = DatasetInfo(root, manifest, labels, fmt, shards, (0, 0), str(manifest.get("modality", "")),
+    source = manifest.get("source") or {}
+    modality = manifest.get("modality") or source.get("modality") or (source.get("upstream") or {}).get("modality") or ""
+    info = DatasetInfo(root, manifest, labels, fmt, shards, (0, 0), str(modality),
                        volume_stats=dict(manifest.get("volume_stats") or {}))
     if info.num_rows == 0:
         what = f"split {split!r}" if split else "dataset"
         raise StyleSwapError(f"{root}: empty {what} (no rows in any shard)")
     first = next(s for s in shards if s.num_rows)
     row = next(iter(_read_unit(first, first.units[0])))
-    img = row["image"] if isinstance(row["image"], np.ndarray) else contract.decode_png(row["image"])
+    img = _decode_cell(row["image"], first.path, row["sample_id"], "image")
     info.image_size = (int(img.shape[0]), int(img.shape[1]))
+    info.copies = int(manifest["copies"]) if isinstance(manifest.get("copies"), int) else len(row["augmented"])
     return info
 
 
@@ -233,6 +238,14 @@ def _decode(value: bytes | np.ndarray) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else contract.decode_png(value)
 
 
+def _decode_cell(value: bytes | np.ndarray, shard: Path, sid: str, what: str) -> np.ndarray:
+    """A cell's pixels, or a one-line error naming the shard, the row and the cell."""
+    try:
+        return _decode(value)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged PNG
+        raise StyleSwapError(f"{shard}: row {sid}: cannot decode the {what} ({' '.join(str(e).split()) or type(e).__name__})") from None
+
+
 def _seed_of(*parts: int | str) -> int:
     """A stable 63-bit seed from ints and strings (``hash()`` of str is salted per process)."""
     h = 0
@@ -248,7 +261,8 @@ class SliceStream(IterableDataset):
     Each item is a dict::
 
         image      (1, H, W) float32 in [0, 1]   original slice
-        augmented  (1, H, W) float32 in [0, 1]   one copy drawn by (seed, epoch, sample_id); the
+        augmented  (K, H, W) float32 in [0, 1]   ``copies`` (K) copies drawn by (seed, epoch, sample_id),
+                                                 different ones while the row has enough; the
                                                  original itself when the row has no copies
         mask       (1, H, W) int64               label ids < num_classes
         has_copy   bool
@@ -263,7 +277,8 @@ class SliceStream(IterableDataset):
         seed: base seed; the order is a function of (seed, epoch, rank, world_size, workers).
         rank, world_size: this process and the number of processes.
         num_classes: masks must hold ids below this (default: the datasets' class count).
-        with_copies: draw a copy per row (off for evaluation, where ``augmented`` is the image).
+        with_copies: draw copies per row (off for evaluation, where ``augmented`` is the image).
+        copies: how many copies to draw per row (``gin-ipa`` wants 3).
         skip_batches, batch_size: on resume, skip the first ``skip_batches`` batches of the epoch.
     """
 
@@ -280,6 +295,7 @@ class SliceStream(IterableDataset):
         with_copies: bool = True,
         skip_batches: int = 0,
         batch_size: int = 1,
+        copies: int = 1,
     ) -> None:
         super().__init__()
         if not datasets:
@@ -300,6 +316,7 @@ class SliceStream(IterableDataset):
         self.num_classes = int(num_classes if num_classes is not None else first.num_classes)
         self.image_size = first.image_size
         self.with_copies = with_copies
+        self.copies = max(1, int(copies))
         self.skip_batches = int(skip_batches)
         self.batch_size = int(batch_size)
         self.epoch = 0
@@ -364,8 +381,8 @@ class SliceStream(IterableDataset):
     # -- decoding -----------------------------------------------------------------------------
     def _decode_row(self, row: dict[str, Any]) -> dict[str, Any]:
         shard, sid = row["shard"], row["sample_id"]
-        image = _decode(row["image"])
-        mask = _decode(row["mask"])
+        image = _decode_cell(row["image"], shard, sid, "image")
+        mask = _decode_cell(row["mask"], shard, sid, "mask")
         if image.shape != self.image_size or mask.shape != self.image_size:
             raise StyleSwapError(
                 f"{shard}: {sid} has image {image.shape} / mask {mask.shape}, expected {self.image_size} "
@@ -380,19 +397,23 @@ class SliceStream(IterableDataset):
         copies = row["augmented"]
         has_copy = self.with_copies and len(copies) > 0
         if has_copy:
-            pick = random.Random(_seed_of(self.seed, self.epoch, "copy", sid)).randrange(len(copies))
-            aug = _decode(copies[pick])
-            if aug.shape != self.image_size:
-                raise StyleSwapError(f"{shard}: copy {pick} of {sid} has shape {aug.shape}, expected {self.image_size}")
-        else:
-            aug = image
+            rng = random.Random(_seed_of(self.seed, self.epoch, "copy", sid))
+            n = len(copies)
+            picks = [rng.randrange(n)] if self.copies == 1 else (rng.sample(range(n), self.copies) if n >= self.copies
+                                                                  else [rng.randrange(n) for _ in range(self.copies)])
+            augs = []
+            for pick in picks:
+                aug = _decode_cell(copies[pick], shard, sid, f"copy {pick}")
+                if aug.shape != self.image_size:
+                    raise StyleSwapError(f"{shard}: copy {pick} of {sid} has shape {aug.shape}, expected {self.image_size}")
+                augs.append(contract.to_unit_float(aug))
         spacing = [float(x) for x in (row["spacing"] or [])][:3]
         spacing += [1.0] * (3 - len(spacing))
         img_t = torch.from_numpy(contract.to_unit_float(image))[None]
         vs = self._stats.get(shard, {}).get(row["case_id"])
         return {
             "image": img_t,
-            "augmented": torch.from_numpy(contract.to_unit_float(aug))[None] if has_copy else img_t.clone(),
+            "augmented": torch.from_numpy(np.stack(augs)) if has_copy else img_t.expand(self.copies, -1, -1).clone(),
             "mask": torch.from_numpy(mask.astype(np.int64))[None],
             "has_copy": has_copy,
             "sample_id": sid,

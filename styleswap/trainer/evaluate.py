@@ -307,15 +307,29 @@ def evaluate_model(
     split: str | None = None,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a trained model folder on a dataset folder; writes metrics.json, metrics.md, predictions.png."""
+    """Evaluate a trained model folder on a dataset folder; writes metrics.json, metrics.md, predictions.png.
+
+    ``out_dir`` must be new, empty or an earlier evaluation (metrics.json + metrics.md): a folder
+    of other files is refused before anything runs. A model trained on another slice size or
+    modality than the data's is evaluated, with a warning on stderr (cross-modality evaluation is
+    the point of the project; a size mismatch usually is not)."""
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not ((out / "metrics.json").is_file() and (out / "metrics.md").is_file()):
+        names = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+        raise StyleSwapError(f"{out}: not empty and not an evaluation of this tool (holds {names}); choose a new or empty --out")
     info = open_dataset(data_dir, split=split)
     folder = resolve_model_dir(model_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(folder, map_location="cpu").to(dev)
+    trained = model.config.get("image_size")
+    if trained and tuple(trained) != tuple(info.image_size):
+        warnings.warn(f"{folder}: trained on {trained[0]}x{trained[1]} slices, {info.root} holds "
+                      f"{info.image_size[0]}x{info.image_size[1]}; scores may suffer (ingest with --size {trained[0]})", stacklevel=2)
+    if model.config.get("modality") and info.modality and model.config["modality"] != info.modality:
+        warnings.warn(f"{folder}: trained on {model.config['modality']}, evaluated on {info.modality} ({info.root})", stacklevel=2)
     metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
     metrics["model"] = str(folder)
     metrics["data"] = str(Path(data_dir))
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "metrics.md").write_text(metrics_markdown(metrics))

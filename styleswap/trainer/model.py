@@ -204,7 +204,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     except json.JSONDecodeError as e:
         raise StyleSwapError(f"{folder / CONFIG_NAME}: unreadable ({e})") from None
     model = SegNet(config)
-    state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise StyleSwapError(f"{folder / WEIGHTS_NAME}: cannot read the weights ({' '.join(str(e).split())})") from None
     inner = {k[len(TRAINING_PREFIX) :]: v for k, v in state.items() if k.startswith(TRAINING_PREFIX)}
     if set(state) != set(model.state_dict()) and set(inner) == set(model.state_dict()):
         # a training checkpoint (checkpoints/step-N) holds the network under "net." beside the

@@ -1,15 +1,10 @@
-"""Training loop: (original, copy, mask) triples -> Dice(+CE) [+ PatchNCE] -> MONAI network.
+"""The training loop: (original, copies, mask) -> the method's losses -> a MONAI network.
 
-Losses (``TrainConfig.loss``):
-
-* ``erm``: DiceCE on originals only (the baseline; copies are ignored).
-* ``dice``: DiceCE on the original + DiceCE on its copy.
-* ``dice+infonce``: ``dice`` + ``nce_weight`` * PatchNCE between the encoder features of the
-  original (queries, gradient flows) and of the copy (keys, detached), see `losses.py`.
-
-Original and copy go through the network as one batch of 2B, after the *same* random geometric
-transform (flip with left/right relabelling, rotation, scaling; the mask with nearest
-interpolation), done in torch on the batch.
+`train_segmentation` runs in parts: `_setup` (settings, data, run folder, network, optimizer,
+resume), then per step: a batch from `SliceStream`, the composed augmentation (`augment`), the
+method's forward/losses/backward (`methods.run_step`), the learning rate of that step
+(`schedule.lr_at`), logging, validation on the source modality and checkpoints
+(`styleswap.checkpoints`); then the final model.
 
 Everything random is a function of ``(seed, step)`` or ``(seed, epoch)``: augmentation and patch
 sampling use a generator seeded per step, the data order per epoch (see `data.py`). Checkpoints
@@ -19,7 +14,7 @@ without decoding. With ``workers=0`` a resumed run reaches bitwise the same weig
 uninterrupted one on CPU (tested); with workers it is exact unless the checkpoint falls in the
 last round of an epoch, where workers run dry at different times.
 
-Run folder::
+Run folder (see `runs` for what may be written where)::
 
     train_config.json  metrics.csv  curves.png
     checkpoints/step-0000200/{model.safetensors, optimizer.safetensors, optimizer.json, trainer_state.json}
@@ -32,163 +27,52 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from styleswap import checkpoints
 from styleswap.errors import StyleSwapError
-from styleswap.safe_state import fsync_path, kill_point, load_optimizer, save_optimizer
+from styleswap.safe_state import kill_point, load_optimizer, save_optimizer
+from styleswap.trainer import runs
+from styleswap.trainer.augment import build_augmenter
+from styleswap.trainer.config import LOSSES, TrainConfig
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
-from styleswap.trainer.model import INPUT_NORMS, SegNet, default_config, normalize_input, parse_layers, save_model
-from styleswap.trainer.schedule import LR_SCHEDULES, bias_field, intensity_augment, lr_at, organ_intensity_shift, parse_intensity_augs
+from styleswap.trainer.methods import METHODS, derive_step, initial_views, run_step
+from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
+from styleswap.trainer.schedule import lr_at
 
-LOSSES = ("erm", "dice", "dice+infonce")
+__all__ = ["TrainConfig", "train_segmentation", "find_checkpoint", "LOSSES", "CHECKPOINT_FILES"]
+
 CSV_FIELDS = ("step", "epoch", "loss", "seg_loss", "nce_loss", "lr", "slices_per_s", "val_mean_dice")
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]
-    out: str
-    val: str | None = None
-    split: str | None = None
-    loss: str = "dice+infonce"
-    arch: str = "unet"
-    channels: int = 16
-    depth: int = 4
-    num_res_units: int = 2
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    intensity_aug: str = "none"
-    weight_decay: float = 1e-4
-    seed: int = 0
-    workers: int = 2
-    buffer_size: int = 256
-    nce_weight: float = 1.0
-    nce_temperature: float = 0.07
-    nce_patches: int = 256
-    nce_layers: str | None = None
-    nce_mlp: bool = True
-    flip_prob: float = 0.5
-    rotate_deg: float = 15.0
-    scale: float = 0.1
-    log_every: int = 10
-    val_every: int = 200
-    checkpoint_every: int = 200
-    checkpoints_total_limit: int | None = 2
-    mixed_precision: str = "no"
-    input_norm: str = "unit"
-    compile: bool = False
-    resume: str | None = None
-    progress: bool = True
-    val_batch_size: int = 32
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# --- geometric augmentation ----------------------------------------------------------------------
-def geometric_augment(
-    images: list[torch.Tensor],
-    mask: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    flip_prob: float = 0.5,
-    rotate_deg: float = 15.0,
-    scale: float = 0.1,
-    swap: torch.Tensor | None = None,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Apply one random affine per sample, identically to every image and the mask.
-
-    Shapes: each image (B, C, H, W) float; ``mask`` (B, 1, H, W) integer. Per sample: a
-    horizontal flip with probability ``flip_prob`` (mask ids permuted by ``swap`` when flipped), a
-    rotation in [-rotate_deg, rotate_deg] and an isotropic zoom in [1 - scale, 1 + scale]. Images are
-    resampled bilinearly, the mask with nearest neighbour (values stay in the label set); outside
-    pixels are 0 (background). Parameters are drawn on CPU from ``generator``.
-    """
-    b = mask.shape[0]
-    u = torch.rand(b, 3, generator=generator)
-    flip = u[:, 0] < flip_prob
-    angle = (u[:, 1] * 2 - 1) * math.radians(rotate_deg)
-    zoom = 1 + (u[:, 2] * 2 - 1) * scale
-    if not flip.any() and rotate_deg == 0 and scale == 0:
-        return images, mask
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    sx = torch.where(flip, -1.0, 1.0)
-    # output (x, y) samples input at A @ (x, y): rotation/zoom, then a mirror of the x axis
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin * sx
-    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    dev = mask.device
-    theta = theta.to(dev)
-    grid = F.affine_grid(theta, list(mask.shape), align_corners=False)
-    out = [F.grid_sample(im, grid.to(im.dtype), mode="bilinear", padding_mode="zeros", align_corners=False) for im in images]
-    m = F.grid_sample(mask.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).round().long()
-    if swap is not None and flip.any():
-        swapped = swap.to(dev)[m]
-        m = torch.where(flip.to(dev)[:, None, None, None], swapped, m)
-    return out, m
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-#: What a checkpoint folder must hold to be resumed from.
+#: Segmentation checkpoints: ``checkpoints/step-0000200`` holding these files.
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")
-_CHECKPOINT_NAME = re.compile(r"step-(\d+)")
-
-
-def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete ``step-N`` checkpoint under ``root``, oldest first."""
-    found = []
-    for p in root.iterdir() if root.is_dir() else ():
-        m = _CHECKPOINT_NAME.fullmatch(p.name)
-        if m and p.is_dir() and not _missing_files(p):
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def _missing_files(folder: Path) -> list[str]:
-    return [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+LAYOUT = checkpoints.Layout("step-", CHECKPOINT_FILES, digits=7)
 
 
 def find_checkpoint(out: Path, resume: str) -> Path | None:
     """``latest`` -> newest complete ``checkpoints/step-N`` (None if there is none); else a folder path.
 
     Checkpoints are written under ``checkpoints/.tmp-step-N`` and renamed only when complete and
-    synced (see ``checkpoint()`` in `train_segmentation`), so a write cut short never carries a
-    ``step-N`` name; any other name, or a folder missing a file, is skipped all the same.
+    synced (`styleswap.checkpoints.write`), so a write cut short never carries a ``step-N`` name;
+    any other name, or a folder missing a file, is skipped all the same.
     """
     if resume == "latest":
-        done = _complete_checkpoints(out / "checkpoints")
+        done = checkpoints.complete(Path(out) / "checkpoints", LAYOUT)
         return done[-1][1] if done else None
     path = Path(resume)
-    missing = _missing_files(path)
+    missing = checkpoints.missing(path, LAYOUT)
     if missing:
         raise StyleSwapError(f"--resume {resume}: not a complete checkpoint folder (no {', '.join(missing)})")
     return path
-
-
-def _commit_checkpoint(tmp: Path, folder: Path, step: int) -> None:
-    """Make the finished ``tmp`` folder the checkpoint ``folder`` of ``step``: contents synced to disk, then one rename."""
-    for f in tmp.iterdir():
-        fsync_path(f)
-    fsync_path(tmp)
-    kill_point("checkpoint-commit", step)
-    if folder.exists():  # only when re-running a step from an older checkpoint
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
-    fsync_path(folder.parent)
 
 
 class _TrainModule(nn.Module):
@@ -224,11 +108,109 @@ class _TrainModule(nn.Module):
         return logits[:b], logits[b:], nce
 
 
-# --- the loop ------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What `_setup` prepares for the loop."""
+
+    cfg: TrainConfig
+    infos: list[DatasetInfo]
+    val_info: DatasetInfo | None
+    labels: dict[str, int]
+    mcfg: dict[str, Any]
+    module: Any
+    optimizer: Any
+    accelerator: Any
+    layers: list[int]
+    out: Path
+    step: int = 0
+    epoch: int = 0
+    in_epoch: int = 0
+    best: float = -1.0
+    fresh: bool = True  # the run folder was new (a failure before the first checkpoint removes it)
+
+
+def _setup(cfg: TrainConfig) -> _Run:
+    from accelerate import Accelerator
+
+    cfg.validate()
+    method = METHODS[cfg.loss]
+    infos = [open_dataset(d, split=cfg.split) for d in cfg.data]
+    labels, size = infos[0].labels, infos[0].image_size
+    val_info = open_dataset(cfg.val) if cfg.val else None
+    if val_info is not None and val_info.labels != labels:
+        raise StyleSwapError(f"{cfg.val}: labels {val_info.labels} differ from the training data's {labels}")
+    if method.copies:
+        for d in infos:
+            if d.copies == 0:
+                raise StyleSwapError(f"{d.root}: has no style-intervened copies, which --loss {cfg.loss} trains on "
+                                     "(on originals alone it would be ERM under another name: use --loss erm, or "
+                                     "build copies with 'augment build --source ...')")
+    if cfg.input_norm == "zscore":
+        for d in infos + ([val_info] if val_info else []):
+            if not d.volume_stats:
+                raise StyleSwapError(f"{d.root}: --input-norm zscore needs each volume's mean and std (manifest "
+                                     "volume_stats), which this dataset lacks; ingest it again with this version")
+    data_ids = [runs.data_identity(d.root) for d in infos]
+    val_id = runs.data_identity(val_info.root) if val_info else None
+    previous = runs.prepare(cfg, data_ids, val_id)
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)  # identical initial weights in every process
+    mcfg = default_config(len(labels), cfg.arch, cfg.channels, cfg.depth, num_res_units=cfg.num_res_units, labels=labels,
+                          image_size=list(size), input_norm=cfg.input_norm, modality=infos[0].modality or None)  # fmt: skip
+    net = SegNet(mcfg)
+    if size[0] % net.divisor or size[1] % net.divisor:
+        raise StyleSwapError(f"image size {size} must be divisible by {net.divisor} for --arch {cfg.arch} --depth {cfg.depth}")
+    nce, layers = None, []
+    if cfg.loss == "dice+infonce":
+        layers = parse_layers(cfg.nce_layers, net.num_levels)
+        nce = PatchNCELoss([net.feature_channels[i] for i in layers], cfg.nce_patches, cfg.nce_temperature, use_mlp=cfg.nce_mlp)
+    module = _TrainModule(net, nce)
+    if cfg.compile:
+        module.compile()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    run = _Run(cfg, infos, val_info, labels, mcfg, module, optimizer, accelerator, layers, Path(cfg.out))
+    ckpt = find_checkpoint(run.out, cfg.resume) if cfg.resume and previous is not None else None
+    if cfg.resume and previous is None and cfg.resume != "latest":
+        ckpt = find_checkpoint(run.out, cfg.resume)
+    if ckpt is not None:
+        _restore(run, ckpt)
+    run.fresh = previous is None
+    if accelerator.is_main_process:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / runs.CONFIG_NAME).write_text(json.dumps(runs.record(cfg, data_ids, val_id, previous, run.step), indent=2))
+    return run
+
+
+def _restore(run: _Run, ckpt: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StyleSwapError(f"{ckpt / 'trainer_state.json'}: unreadable ({e})") from None
+    saved = state.get("model_config", {})
+    if saved.get("channels") != run.mcfg["channels"] or saved.get("arch") != run.mcfg["arch"]:
+        raise StyleSwapError(f"{ckpt}: checkpoint network {saved} differs from the requested one")
+    runs.check_steps(run.cfg, int(state["step"]), ckpt)
+    try:
+        weights = load_file(str(ckpt / "model.safetensors"), device=str(run.accelerator.device))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise StyleSwapError(f"{ckpt / 'model.safetensors'}: cannot read the weights ({' '.join(str(e).split())})") from None
+    run.accelerator.unwrap_model(run.module).load_state_dict(weights)
+    load_optimizer(run.optimizer, ckpt)
+    run.step, run.epoch, run.in_epoch = int(state["step"]), int(state["epoch"]), int(state["batches_in_epoch"])
+    run.best = float(state.get("best_val", -1.0))
+
+
 def _batches(cfg: TrainConfig, infos: list[DatasetInfo], rank: int, world: int, epoch: int, skip: int) -> Iterator[tuple[int, int, dict]]:
     """Endless (epoch, batches consumed in epoch, batch) from the given position."""
+    method = METHODS[cfg.loss]
     while True:
-        stream = SliceStream(infos, shuffle=True, buffer_size=cfg.buffer_size, seed=cfg.seed, rank=rank, world_size=world, skip_batches=skip, batch_size=cfg.batch_size)
+        stream = SliceStream(infos, shuffle=True, buffer_size=cfg.buffer_size, seed=cfg.seed, rank=rank, world_size=world,
+                             skip_batches=skip, batch_size=cfg.batch_size, with_copies=method.copies > 0,
+                             copies=max(1, method.copies))  # fmt: skip
         stream.set_epoch(epoch)
         loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=torch.cuda.is_available())
         k, got = skip, False
@@ -262,203 +244,130 @@ def _write_curves(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _checkpoint(run: _Run) -> None:
+    from safetensors.torch import save_file
+
+    net = run.accelerator.unwrap_model(run.module)
+
+    def fill(tmp: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+        kill_point("checkpoint-write", run.step)
+        save_optimizer(run.optimizer, tmp)
+        (tmp / "config.json").write_text(json.dumps(run.mcfg, indent=2))
+        state = {"step": run.step, "epoch": run.epoch, "batches_in_epoch": run.in_epoch, "best_val": run.best,
+                 "model_config": run.mcfg, "seed": run.cfg.seed}  # fmt: skip
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+    checkpoints.write(run.out / "checkpoints", LAYOUT, run.step, fill, keep=run.cfg.checkpoints_total_limit)
+    run.fresh = False
+
+
+def _validate(run: _Run) -> float | None:
+    if run.val_info is None:
+        return None
+    value = None
+    if run.accelerator.is_main_process:
+        from styleswap.trainer.evaluate import evaluate_info
+
+        net = run.accelerator.unwrap_model(run.module).net
+        metrics, _ = evaluate_info(net, run.val_info, batch_size=run.cfg.val_batch_size, device=run.accelerator.device, overlay_slices=0)
+        value = metrics["mean_dice"] if metrics["mean_dice"] is not None else 0.0
+        if value > run.best:
+            run.best = value
+            save_model(net, run.out / "best")
+            (run.out / "best" / "val_metrics.json").write_text(json.dumps({"step": run.step, **metrics}, indent=2))
+    run.accelerator.wait_for_everyone()
+    return value
+
+
+def _metrics_rows(run: _Run) -> list[dict[str, Any]]:
+    """metrics.csv rewritten to the rows up to the resumed step (a killed run may have logged past it)."""
+    rows: list[dict[str, Any]] = []
+    path = run.out / "metrics.csv"
+    if run.step and path.is_file():
+        with open(path) as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= run.step]
+        for r in rows:
+            r["step"] = int(r["step"])
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
 def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
     """Train per ``cfg``; returns a summary (steps, best validation Dice, paths, throughput)."""
-    from accelerate import Accelerator
+    run = _setup(cfg)
+    try:
+        return _loop(run)
+    except BaseException:
+        if run.fresh and run.accelerator.is_main_process:  # nothing worth keeping: no checkpoint yet
+            runs.remove_run_files(run.out)
+        raise
+
+
+def _loop(run: _Run) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    if cfg.loss not in LOSSES:
-        raise StyleSwapError(f"unknown --loss {cfg.loss!r} (choose from {', '.join(LOSSES)})")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise StyleSwapError(f"unknown --lr-schedule {cfg.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
-    try:
-        augs = parse_intensity_augs(cfg.intensity_aug)
-    except ValueError as exc:
-        raise StyleSwapError(f"--intensity-aug: {exc}") from None
-    jitter = "standard" if "standard" in augs else "none"
-    if cfg.input_norm not in INPUT_NORMS:
-        raise StyleSwapError(f"unknown --input-norm {cfg.input_norm!r} (choose from {', '.join(INPUT_NORMS)})")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise StyleSwapError("--steps and --batch-size must be >= 1")
-    if not cfg.data:
-        raise StyleSwapError("no --data folder given")
-    infos = [open_dataset(d, split=cfg.split) for d in cfg.data]
-    labels, size = infos[0].labels, infos[0].image_size
-    val_info = open_dataset(cfg.val) if cfg.val else None
-    if val_info is not None and val_info.labels != labels:
-        raise StyleSwapError(f"{cfg.val}: labels {val_info.labels} differ from the training data's {labels}")
-    if cfg.input_norm == "zscore":
-        for d in infos + ([val_info] if val_info else []):
-            if not d.volume_stats:
-                raise StyleSwapError(f"{d.root}: --input-norm zscore needs each volume's mean and std (manifest "
-                                     "volume_stats), which this dataset lacks; ingest it again with this version")
-
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    cfg, accelerator = run.cfg, run.accelerator
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    torch.manual_seed(cfg.seed)  # identical initial weights in every process
-    mcfg = default_config(len(labels), cfg.arch, cfg.channels, cfg.depth, num_res_units=cfg.num_res_units, labels=labels, image_size=list(size), input_norm=cfg.input_norm)
-    net = SegNet(mcfg)
-    if size[0] % net.divisor or size[1] % net.divisor:
-        raise StyleSwapError(f"image size {size} must be divisible by {net.divisor} for --arch {cfg.arch} --depth {cfg.depth}")
-    nce = None
-    if cfg.loss == "dice+infonce":
-        layers = parse_layers(cfg.nce_layers, net.num_levels)
-        nce = PatchNCELoss([net.feature_channels[i] for i in layers], cfg.nce_patches, cfg.nce_temperature, use_mlp=cfg.nce_mlp)
-    else:
-        layers = []
-    module = _TrainModule(net, nce)
-    if cfg.compile:
-        module.compile()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    method = METHODS[cfg.loss]
+    swap = lateral_permutation(run.labels, len(run.labels))
+    augment = build_augmenter(cfg, swap, len(run.labels), derive_step(method, len(run.labels)))
     seg_loss = SegLoss()
-    swap = lateral_permutation(labels, len(labels))
-
-    out = Path(cfg.out)
-    ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None
-    module, optimizer = accelerator.prepare(module, optimizer)
-    step, epoch, in_epoch, best = 0, 0, 0, -1.0
-    if ckpt is not None:
-        from safetensors.torch import load_file
-
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        if state.get("model_config", {}).get("channels") != mcfg["channels"] or state["model_config"].get("arch") != mcfg["arch"]:
-            raise StyleSwapError(f"{ckpt}: checkpoint network {state.get('model_config')} differs from the requested one")
-        accelerator.unwrap_model(module).load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(accelerator.device)))
-        load_optimizer(optimizer, ckpt)
-        step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state["batches_in_epoch"])
-        best = float(state.get("best_val", -1.0))
-    rows: list[dict[str, Any]] = []
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        if ckpt is not None and (out / "metrics.csv").is_file():
-            with open(out / "metrics.csv") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-            for r in rows:
-                r["step"] = int(r["step"])
-        with open(out / "metrics.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-
-    def unwrapped() -> _TrainModule:
-        return accelerator.unwrap_model(module)
-
-    def checkpoint() -> None:
-        if not main:
-            return
-        root = out / "checkpoints"
-        folder = root / f"step-{step:07d}"
-        tmp = root / f".tmp-{folder.name}"
-        for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped().state_dict().items()}, str(tmp / "model.safetensors"))
-        kill_point("checkpoint-write", step)
-        save_optimizer(optimizer, tmp)
-        (tmp / "config.json").write_text(json.dumps(mcfg, indent=2))
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": in_epoch, "best_val": best, "model_config": mcfg, "seed": cfg.seed}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        _commit_checkpoint(tmp, folder, step)  # a kill before this leaves only .tmp-step-N, never picked
-        if cfg.checkpoints_total_limit:
-            for _, old in _complete_checkpoints(root)[: -cfg.checkpoints_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def validate() -> float | None:
-        nonlocal best
-        if val_info is None:
-            return None
-        value = None
-        if main:
-            from styleswap.trainer.evaluate import evaluate_info
-
-            metrics, _ = evaluate_info(unwrapped().net, val_info, batch_size=cfg.val_batch_size, device=accelerator.device, overlay_slices=0)
-            value = metrics["mean_dice"] if metrics["mean_dice"] is not None else 0.0
-            if value > best:
-                best = value
-                save_model(unwrapped().net, out / "best")
-                (out / "best" / "val_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-        accelerator.wait_for_everyone()
-        return value
-
-    batches = _batches(cfg, infos, rank, world, epoch, in_epoch)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
-    module.train()
-    t_last, seen_last = time.perf_counter(), 0
-    slices_per_s = 0.0
-    while step < cfg.steps:
-        epoch, in_epoch, batch = next(batches)
-        img = batch["image"].to(accelerator.device, non_blocking=True)
-        mask = batch["mask"].to(accelerator.device, non_blocking=True)
-        gen = torch.Generator().manual_seed(_seed_of(cfg.seed, "step", step, rank))
-        if cfg.loss == "erm":
-            (img,), mask = geometric_augment([img], mask, gen, flip_prob=cfg.flip_prob, rotate_deg=cfg.rotate_deg, scale=cfg.scale, swap=swap)
-        else:
-            aug = batch["augmented"].to(accelerator.device, non_blocking=True)
-            (img, aug), mask = geometric_augment([img, aug], mask, gen, flip_prob=cfg.flip_prob, rotate_deg=cfg.rotate_deg, scale=cfg.scale, swap=swap)
-            if "organ" in augs:
-                aug = organ_intensity_shift(aug, mask, gen, len(labels))
-            if "bias" in augs:
-                aug = bias_field(aug, gen)
-            aug = intensity_augment(aug, gen, jitter)
-        img = intensity_augment(img, gen, jitter)
-        img = normalize_input(img, batch["stats"], cfg.input_norm)
-        if cfg.loss != "erm":
-            aug = normalize_input(aug, batch["stats"], cfg.input_norm)
-        b = img.shape[0]
-        with accelerator.autocast():
-            logits_o, logits_c, nce_value = module(img, None if cfg.loss == "erm" else aug, layers, gen)
-            seg = seg_loss(logits_o, mask)
-            if logits_c is not None:
-                seg = seg + seg_loss(logits_c, mask)
-            loss = seg if nce_value is None else seg + cfg.nce_weight * nce_value
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        for group in optimizer.param_groups:  # a pure function of the step: resume needs no scheduler state
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps)
-        optimizer.step()
-        step += 1
-        seen_last += b * world
-        if not math.isfinite(loss.item()):
-            raise StyleSwapError(f"loss became {loss.item()} at step {step}; lower --lr or use --mixed-precision no")
+    rows = _metrics_rows(run) if main else []
+    batches = _batches(cfg, run.infos, rank, world, run.epoch, run.in_epoch)
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
+    run.module.train()
+    t_last, seen_last, slices_per_s = time.perf_counter(), 0, 0.0
+    while run.step < cfg.steps:
+        run.epoch, run.in_epoch, batch = next(batches)
+        gen = torch.Generator().manual_seed(_seed_of(cfg.seed, "step", run.step, rank))
+        views = augment(initial_views(method, batch, accelerator.device), gen)
+        run.optimizer.zero_grad(set_to_none=True)
+        terms = run_step(method, run.module, views, seg_loss, accelerator.backward, accelerator.autocast, layers=run.layers,
+                         nce_weight=cfg.nce_weight, consistency_weight=cfg.consistency_weight, generator=gen)  # fmt: skip
+        for group in run.optimizer.param_groups:  # a pure function of the step: resume needs no scheduler state
+            group["lr"] = lr_at(run.step, cfg.steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps)
+        run.optimizer.step()
+        run.step += 1
+        seen_last += batch["mask"].shape[0] * world
+        loss = terms["loss"].item()
+        if not math.isfinite(loss):
+            raise StyleSwapError(f"loss became {loss} at step {run.step}; lower --lr or use --mixed-precision no")
         bar.update(1)
-        log_now = step % cfg.log_every == 0 or step == cfg.steps
-        val_now = val_info is not None and (step % cfg.val_every == 0 or step == cfg.steps)
+        log_now = run.step % cfg.log_every == 0 or run.step == cfg.steps
+        val_now = run.val_info is not None and (run.step % cfg.val_every == 0 or run.step == cfg.steps)
         if log_now:
             now = time.perf_counter()
             slices_per_s = seen_last / max(now - t_last, 1e-9)
             t_last, seen_last = now, 0
-            bar.set_postfix(loss=f"{loss.item():.4f}", slices_s=f"{slices_per_s:.1f}")
-        val = validate() if val_now else None
+            bar.set_postfix(loss=f"{loss:.4f}", slices_s=f"{slices_per_s:.1f}")
+        val = _validate(run) if val_now else None
         if main and (log_now or val_now):
-            row = {
-                "step": step,
-                "epoch": epoch,
-                "loss": f"{loss.item():.6f}",
-                "seg_loss": f"{seg.item():.6f}",
-                "nce_loss": "" if nce_value is None else f"{nce_value.item():.6f}",
-                "lr": optimizer.param_groups[0]["lr"],
-                "slices_per_s": f"{slices_per_s:.2f}",
-                "val_mean_dice": "" if val is None else f"{val:.6f}",
-            }
+            extra = terms.get("nce", terms.get("consistency"))
+            row = {"step": run.step, "epoch": run.epoch, "loss": f"{loss:.6f}", "seg_loss": f"{terms['seg'].item():.6f}",
+                   "nce_loss": "" if extra is None else f"{extra.item():.6f}", "lr": run.optimizer.param_groups[0]["lr"],
+                   "slices_per_s": f"{slices_per_s:.2f}", "val_mean_dice": "" if val is None else f"{val:.6f}"}  # fmt: skip
             rows.append(row)
-            with open(out / "metrics.csv", "a", newline="") as fh:
+            with open(run.out / "metrics.csv", "a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow(row)
-            if val_now or step == cfg.steps:
-                _write_curves(rows, out / "curves.png")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint()
-        kill_point("step", step)
+            if val_now or run.step == cfg.steps:
+                _write_curves(rows, run.out / "curves.png")
+        if main and (run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps):
+            _checkpoint(run)
+        kill_point("step", run.step)
         if val_now:  # evaluation time is not training throughput
             t_last = time.perf_counter()
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        save_model(unwrapped().net, out / "final")
-        if val_info is None:  # nothing to select on: the last weights are the best we know
-            shutil.rmtree(out / "best", ignore_errors=True)
-            shutil.copytree(out / "final", out / "best")
-        _write_curves(rows, out / "curves.png")
-    return {"steps": step, "best_val_mean_dice": best if best >= 0 else None, "out": str(out), "slices_per_s": slices_per_s}
+        net = accelerator.unwrap_model(run.module).net
+        save_model(net, run.out / "final")
+        if run.val_info is None:  # nothing to select on: the last weights are the best we know
+            shutil.rmtree(run.out / "best", ignore_errors=True)
+            shutil.copytree(run.out / "final", run.out / "best")
+        _write_curves(rows, run.out / "curves.png")
+    return {"steps": run.step, "best_val_mean_dice": run.best if run.best >= 0 else None, "out": str(run.out),
+            "slices_per_s": slices_per_s}  # fmt: skip

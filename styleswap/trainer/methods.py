@@ -1,0 +1,211 @@
+"""Training methods (``train seg --loss``): which views a step feeds the network, and its losses.
+
+=============  ====================================  ===============================================
+method         views (after `augment`)               loss
+=============  ====================================  ===============================================
+erm            the original                          Dice + CE
+dice           original, one copy                    Dice + CE on each
+dice+infonce   original, one copy                    ``dice`` + w * PatchNCE(original -> copy)
+gin-ipa        three copies; copies 1 and 2          Dice + CE on blend 1 + w * KL(each view's
+               blended by a random smooth field      prediction || their mean) (GIN-IPA: Ouyang et
+               and its complement (IPA)              al., IEEE TMI 2022, arXiv:2111.12525)
+slaug          global (GLA) and class-wise (LLA)     Dice + CE on GLA, then on GLA and LLA fused by
+               location-scale images of the          the GLA loss's smoothed input saliency (SBF)
+               original, made on the fly             (SLAug: Su et al., AAAI 2023, arXiv:2211.14805)
+=============  ====================================  ===============================================
+
+The copies of ``gin-ipa`` are the dataset's own (``augment build --engine gin``): each step draws
+three different stored copies per slice instead of sampling fresh random networks, so the trainer
+keeps needing nothing but the dataset format. Every random draw comes from the step's generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from styleswap.trainer.augment import Views, smooth_field
+
+Backward = Callable[[torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    #: stored copies drawn per slice (0: the method does not read the ``augmented`` column)
+    copies: int
+    uses_original: bool
+
+
+METHODS = {
+    "erm": Method("erm", 0, True),
+    "dice": Method("dice", 1, True),
+    "dice+infonce": Method("dice+infonce", 1, True),
+    "gin-ipa": Method("gin-ipa", 3, False),
+    "slaug": Method("slaug", 0, True),
+}
+
+
+def initial_views(method: Method, batch: dict[str, Any], device: torch.device) -> Views:
+    """The batch's images in the order the method wants them, before augmentation."""
+    images, is_copy = [], []
+    if method.uses_original:
+        images.append(batch["image"].to(device, non_blocking=True))
+        is_copy.append(False)
+    if method.copies:
+        copies = batch["augmented"].to(device, non_blocking=True)  # (B, copies, H, W)
+        images += [copies[:, i : i + 1] for i in range(method.copies)]
+        is_copy += [True] * method.copies
+    return Views(images, is_copy, batch["mask"].to(device, non_blocking=True), batch["stats"])
+
+
+def derive_step(method: Method, num_classes: int):
+    """The method's own augmentation step (None if it has none), run after the geometry."""
+    if method.name == "slaug":
+        def slaug(views: Views, generator: torch.Generator) -> Views:
+            x = views.images[0]
+            return replace(views, images=[global_location_scale(x, generator), classwise_location_scale(x, views.mask, generator, num_classes)],
+                           is_copy=[True, True])  # fmt: skip
+
+        return slaug
+    if method.name == "gin-ipa":
+        def ipa(views: Views, generator: torch.Generator) -> Views:
+            a, b, c = views.images
+            blend = ipa_field(a.shape[0], a.shape[-2:], generator).to(a.device, a.dtype)
+            return replace(views, images=[a * blend + b * (1 - blend), a * (1 - blend) + b * blend, c])
+
+        return ipa
+    return None
+
+
+# --- SLAug: location-scale augmentation ----------------------------------------------------------
+def bezier_remap(values: torch.Tensor, generator: torch.Generator, inverse: bool, points: int = 64) -> torch.Tensor:
+    """Map ``values`` (any shape) through a random cubic Bezier intensity curve over their range.
+
+    The curve runs from (min, min) to (max, max) with two control points drawn uniformly inside
+    the range, so it rises monotonically; with ``inverse`` it is mirrored to fall from max to min
+    (contrasts inverted, as SLAug does for the background always and for organs half the time).
+    Values between the curve's samples are interpolated linearly.
+    """
+    lo, hi = values.min(), values.max()
+    r = torch.rand(4, generator=generator).to(values.device, values.dtype)
+    px = torch.stack([lo, lo + (hi - lo) * r[0], lo + (hi - lo) * r[1], hi])
+    py = torch.stack([lo, lo + (hi - lo) * r[2], lo + (hi - lo) * r[3], hi])
+    if hi <= lo:
+        return values
+    t = torch.linspace(0, 1, points, device=values.device, dtype=values.dtype)[:, None]
+    basis = torch.cat([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3], dim=1)  # (points, 4)
+    xs, _ = torch.sort(basis @ px)
+    ys, _ = torch.sort(basis @ py)
+    if inverse:
+        ys = ys.flip(0)
+    flat = values.reshape(-1)
+    j = torch.searchsorted(xs, flat).clamp(1, points - 1)
+    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+    w = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
+    return (y0 + w * (y1 - y0)).reshape(values.shape)
+
+
+def location_scale(values: torch.Tensor, generator: torch.Generator, slide: float = 0.2) -> torch.Tensor:
+    """``clip(scale * v + location, 0, 1)``: scale ~ N(1, 0.1) clipped to [0.9, 1.1], location
+    ~ N(0, 0.5) clipped so that the 20th..80th percentiles of ``v`` stay inside [0, 1]."""
+    g = torch.randn(2, generator=generator).tolist()
+    scale = min(max(1.0 + 0.1 * g[0], 0.9), 1.1)
+    q = torch.quantile(values.reshape(-1).float(), torch.tensor([slide, 1 - slide], device=values.device)).tolist()
+    location = min(max(0.5 * g[1], 0.0 - q[0]), 1.0 - q[1])
+    return (values * scale + location).clamp(0, 1)
+
+
+def global_location_scale(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SLAug's GLA: each image (B, C, H, W) in [0, 1] through a monotone Bezier curve, then a
+    random location and scale."""
+    return torch.stack([location_scale(bezier_remap(im, generator, inverse=False), generator) for im in x])
+
+
+def classwise_location_scale(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, num_classes: int,
+                             background: float = 0.01) -> torch.Tensor:  # fmt: skip
+    """SLAug's LLA: the background (label 0) through an inverting Bezier curve, every organ present
+    through its own curve (inverting with probability 0.5), each then with its own location and
+    scale; pixels darker than ``background`` (air) keep their value."""
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        im, m = x[i], mask[i].expand_as(x[i])
+        res = im.clone()
+        for c in range(num_classes):
+            sel = m == c
+            if not sel.any():
+                continue
+            inverse = True if c == 0 else bool(torch.rand(1, generator=generator).item() < 0.5)
+            res[sel] = location_scale(bezier_remap(im[sel], generator, inverse=inverse), generator)
+        out[i] = torch.where(im <= background, im, res)
+    return out
+
+
+def saliency_map(grad: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """SBF's fusion weights from the gradient of the loss w.r.t. the input (B, C, H, W): its RMS
+    over channels, averaged on a ``grid`` x ``grid`` grid, upsampled bilinearly (smooth, and with no
+    overshoot, unlike a cubic), rescaled to [0, 1] per image."""
+    s = grad.pow(2).mean(dim=1, keepdim=True).sqrt()
+    s = F.interpolate(F.adaptive_avg_pool2d(s, grid), size=s.shape[-2:], mode="bilinear", align_corners=True)
+    lo = s.amin(dim=(2, 3), keepdim=True)
+    hi = s.amax(dim=(2, 3), keepdim=True)
+    return (s - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def ipa_field(b: int, size, generator: torch.Generator, grid: int = 6) -> torch.Tensor:
+    """GIN-IPA's blending weights: a log-normal random field on a ``grid`` x ``grid`` lattice of
+    control points, upsampled smoothly, rescaled to [0, 1] per image; (B, 1, H, W)."""
+    f = torch.exp(smooth_field(torch.randn(b, 1, grid, grid, generator=generator), size))
+    lo = f.amin(dim=(2, 3), keepdim=True)
+    hi = f.amax(dim=(2, 3), keepdim=True)
+    return (f - lo) / (hi - lo).clamp_min(1e-12)
+
+
+# --- the step ------------------------------------------------------------------------------------
+def run_step(method: Method, module, views: Views, seg_loss, backward: Backward, autocast, *, layers: list[int],
+             nce_weight: float, consistency_weight: float, generator: torch.Generator) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Forward, losses and backward of one step; returns the loss terms (``loss``, ``seg``, and
+    ``nce`` or ``consistency`` where the method has one), detached."""
+    mask = views.mask
+    if method.name in ("erm", "dice", "dice+infonce"):
+        img = views.images[0]
+        aug = views.images[1] if method.name != "erm" else None
+        with autocast():
+            logits_o, logits_c, nce = module(img, aug, layers, generator)
+            seg = seg_loss(logits_o, mask)
+            if logits_c is not None:
+                seg = seg + seg_loss(logits_c, mask)
+            loss = seg if nce is None else seg + nce_weight * nce
+        backward(loss)
+        return _detached(loss=loss, seg=seg, nce=nce)
+    if method.name == "gin-ipa":
+        b = views.images[0].shape[0]
+        with autocast():
+            logits, _, _ = module(torch.cat(views.images), None, layers)
+            seg = seg_loss(logits[:b], mask)  # as the reference code: the first blend carries the labels
+            logp = F.log_softmax(logits.float(), dim=1)
+            p_mean = logp.exp().view(3, b, *logp.shape[1:]).mean(0).repeat(3, 1, 1, 1)
+            consistency = (p_mean * (p_mean.clamp_min(1e-12).log() - logp)).mean()
+            loss = seg + consistency_weight * consistency
+        backward(loss)
+        return _detached(loss=loss, seg=seg, consistency=consistency)
+    if method.name == "slaug":
+        gla, lla = views.images
+        gla = gla.detach().requires_grad_(True)
+        with autocast():
+            seg_gla = seg_loss(module(gla, None, layers)[0], mask)
+        backward(seg_gla)  # parameter gradients of the GLA pass, and the input saliency
+        weight = saliency_map(gla.grad.detach())
+        fused = gla.detach() * weight + lla * (1 - weight)
+        with autocast():
+            seg_sbf = seg_loss(module(fused, None, layers)[0], mask)
+        backward(seg_sbf)
+        return _detached(loss=seg_gla + seg_sbf, seg=seg_gla + seg_sbf)
+    raise ValueError(f"unknown method {method.name!r}")
+
+
+def _detached(**terms: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in terms.items() if v is not None}

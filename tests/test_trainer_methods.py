@@ -1,0 +1,131 @@
+"""The peers' methods in our trainer (SLAug, GIN-IPA) and the stronger geometry, on hand-made tensors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from styleswap.trainer.augment import Views, geometric_augment
+from styleswap.trainer.methods import (
+    METHODS,
+    bezier_remap,
+    classwise_location_scale,
+    derive_step,
+    global_location_scale,
+    ipa_field,
+    location_scale,
+    saliency_map,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_bezier_remap_keeps_the_range_and_is_monotone_unless_inverse():
+    x = torch.linspace(0.2, 0.9, 500)
+    y = bezier_remap(x, gen(1), inverse=False)
+    assert y[0] == pytest.approx(0.2, abs=1e-6) and y[-1] == pytest.approx(0.9, abs=1e-6)
+    assert torch.all(y[1:] >= y[:-1] - 1e-6)  # monotone: contrast order kept
+    # an inverting curve keeps the range and falls: the darkest value becomes the brightest
+    ys = bezier_remap(x, gen(3), inverse=True)
+    assert ys[0] == pytest.approx(0.9, abs=1e-6) and ys[-1] == pytest.approx(0.2, abs=1e-6)
+    assert torch.all(ys[1:] <= ys[:-1] + 1e-6)
+    assert not torch.allclose(bezier_remap(x, gen(4), inverse=False), y)  # each draw its own curve
+
+
+def test_location_scale_stays_in_unit_range_and_keeps_the_middle_inside():
+    v = torch.linspace(0.0, 1.0, 101)
+    for s in range(10):
+        out = location_scale(v, gen(s))
+        assert out.min() >= 0 and out.max() <= 1
+        # the 20th..80th percentiles are never pushed out of [0, 1] (the location is clipped so)
+        mid = out[20:81]
+        assert mid.min() > 0.0 or mid.max() < 1.0
+
+
+def test_classwise_location_scale_keeps_air_and_changes_organs_independently():
+    x = torch.full((1, 1, 8, 8), 0.5)
+    x[..., :2, :] = 0.0  # air
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    mask[..., 4:, :4] = 1
+    mask[..., 4:, 4:] = 2
+    x[..., 4:, :4] = torch.linspace(0.3, 0.6, 16).view(4, 4)
+    x[..., 4:, 4:] = torch.linspace(0.3, 0.6, 16).view(4, 4)
+    out = classwise_location_scale(x, mask, gen(2), num_classes=3)
+    assert torch.equal(out[..., :2, :], x[..., :2, :])  # air (<= 0.01) untouched
+    assert out.min() >= 0 and out.max() <= 1
+    # the same intensities in two organs map differently: each organ drew its own curve
+    assert not torch.allclose(out[..., 4:, :4], out[..., 4:, 4:])
+    g = global_location_scale(x, gen(2))
+    assert g.shape == x.shape and g.min() >= 0 and g.max() <= 1
+
+
+def test_saliency_map_is_a_smooth_unit_range_weight_led_by_the_strongest_gradient():
+    grad = torch.zeros(2, 1, 48, 48)
+    grad[0, :, :16, :16] = 1.0  # top-left cell of the 3x3 grid carries all the saliency
+    grad[1] = torch.randn(1, 48, 48, generator=gen(0))
+    s = saliency_map(grad)
+    assert s.shape == grad.shape and s.min() >= 0 and s.max() <= 1 + 1e-6
+    assert s[0, 0, 0, 0] == pytest.approx(1.0) and s[0, 0, -1, -1] == pytest.approx(0.0, abs=1e-6)
+    diag = s[0, 0].diagonal()
+    assert torch.all(diag[1:24] < diag[:23])  # falls off smoothly from the salient cell, no hard tile edge
+    assert diag[8] == pytest.approx((1 - 8 / 23.5) ** 2, abs=1e-4)  # bilinear between cell centres 23.5 px apart
+
+
+def test_ipa_blends_two_views_with_complementary_weights():
+    f = ipa_field(3, (32, 32), gen(4))
+    assert f.shape == (3, 1, 32, 32) and f.min() >= 0 and f.max() <= 1 + 1e-6
+    assert torch.all(f.amax(dim=(2, 3)) > 0.99) and torch.all(f.amin(dim=(2, 3)) < 0.01)  # rescaled per image
+    a, b, c = (torch.rand(3, 1, 32, 32, generator=gen(i)) for i in range(3))
+    views = Views([a, b, c], [True] * 3, torch.zeros(3, 1, 32, 32, dtype=torch.long), torch.zeros(3, 2))
+    out = derive_step(METHODS["gin-ipa"], 2)(views, gen(4)).images
+    torch.testing.assert_close(out[0] + out[1], a + b)  # IPA redistributes, never invents intensity
+    assert torch.equal(out[2], c) and not torch.allclose(out[0], a)
+
+
+def test_slaug_derives_gla_and_lla_from_the_original():
+    x = torch.rand(2, 1, 16, 16, generator=gen(0))
+    mask = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    mask[:, :, 4:10, 4:10] = 1
+    views = Views([x], [False], mask, torch.zeros(2, 2))
+    out = derive_step(METHODS["slaug"], 2)(views, gen(1))
+    assert len(out.images) == 2 and out.is_copy == [True, True]
+    assert all(im.shape == x.shape and not torch.equal(im, x) for im in out.images)
+
+
+def test_shear_shift_and_elastic_move_image_and_mask_together():
+    img = torch.zeros(4, 1, 32, 32)
+    img[:, :, 10:20, 12:22] = 1.0
+    mask = (img > 0.5).long() * 2
+    (out,), m = geometric_augment([img], mask, gen(5), flip_prob=0.0, rotate_deg=0.0, scale=0.0, shear_deg=20,
+                                  shift=0.1, elastic=3.0)  # fmt: skip
+    assert set(m.unique().tolist()) <= {0, 2}
+    assert not torch.equal(m, mask)  # the square moved or bent
+    # image and mask moved together: where the mask says organ, the image is bright
+    inside = out[m == 2]
+    assert inside.numel() > 0 and inside.mean() > 0.8
+    # all-zero settings draw nothing and change nothing
+    g = gen(7)
+    (same,), m2 = geometric_augment([img], mask, g, flip_prob=0.0, rotate_deg=0.0, scale=0.0)
+    assert torch.equal(same, img) and torch.equal(m2, mask)
+
+
+@pytest.mark.parametrize("loss", ["gin-ipa", "slaug"])
+def test_peer_methods_train_end_to_end(tmp_path, loss):
+    from styleswap.trainer.train import TrainConfig, train_segmentation
+    from trainer_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16, copies=3)
+    summary = train_segmentation(TrainConfig(data=[str(data)], out=str(tmp_path / "run"), steps=3, batch_size=4, channels=4,
+                                             depth=3, num_res_units=1, workers=0, loss=loss, progress=False, log_every=1,
+                                             checkpoint_every=3, intensity_aug="standard"))  # fmt: skip
+    assert summary["steps"] == 3
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[2]) for r in rows]
+    assert len(losses) == 3 and all(v == v and v > 0 for v in losses)
+    if loss == "gin-ipa":  # the consistency term is logged in the extra column
+        assert all(float(r.split(",")[4]) >= 0 for r in rows)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["loss"] == loss
