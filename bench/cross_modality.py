@@ -54,14 +54,20 @@ PROTOCOLS = {
     "standard": (192, ["--intensity", "standard"], ["--keep-empty", "0"], ["--input-norm", "zscore", "--compile"]),
 }
 
-#: (row name, training dataset keys, --loss). Every row gets the same budget and the same
-#: training recipe (`RECIPE`); the rows differ only in which copies they see and the loss.
+#: (row name, training dataset keys, --loss, --intensity-aug or None for the benchmark's). Every
+#: row gets the same budget and the same training recipe (`RECIPE`); our rows differ only in the
+#: copies they see and the loss. The peers' rows (5, 6) are their methods as their papers define
+#: them, in our trainer with our network and budget: SLAug makes its own images on the fly from
+#: the originals, GIN-IPA blends three of the stored GIN copies; both get the photometric jitter
+#: only (our per-organ maps would be a third method on top).
 ROWS = [
-    ("ERM (source only)", ("src-train",), "erm"),
-    ("GIN + Dice", ("src-gin",), "dice"),
-    ("GIN + Dice + InfoNCE", ("src-gin",), "dice+infonce"),
-    ("Bezier + Dice + InfoNCE", ("src-bezier",), "dice+infonce"),
-    ("GIN + Bezier + Dice + InfoNCE", ("src-gin", "src-bezier"), "dice+infonce"),
+    ("ERM (source only)", ("src-train",), "erm", None),
+    ("GIN + Dice", ("src-gin",), "dice", None),
+    ("GIN + Dice + InfoNCE", ("src-gin",), "dice+infonce", None),
+    ("Bezier + Dice + InfoNCE", ("src-bezier",), "dice+infonce", None),
+    ("GIN + Bezier + Dice + InfoNCE", ("src-gin", "src-bezier"), "dice+infonce", None),
+    ("SLAug (GLA + LLA + SBF), peer", ("src-train",), "slaug", "standard"),
+    ("GIN-IPA, peer", ("src-gin",), "gin-ipa", "standard"),
 ]
 #: The best row: what the short CI mode checks against ERM.
 BEST = 4
@@ -188,10 +194,11 @@ def main() -> int:
     every = max(steps // 10, 10)
     picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else ROWS)
     runs = []
-    for name, keys, loss in picked:
+    for name, keys, loss, row_aug in picked:
+        row_recipe = recipe if row_aug is None else [*RECIPE, "--intensity-aug", row_aug, *proto_train, *extra]
         for seed in seeds:
             slug = f"{'+'.join(keys)}-{loss.replace('+', '-')}-s{seed}{args.tag}".replace("src-", "")
-            runs.append(evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps, args, every))
+            runs.append(evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, row_recipe, steps, args, every))
     results = summarize_rows(runs)
 
     lines = [
@@ -248,7 +255,7 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
         tgt[flags] = json.loads((ev / "metrics.json").read_text())
     m = tgt[chosen]
     return {"row": name, "seed": seed, "data": list(keys), "loss": loss, "run": str(out), "train_seconds": round(train_s, 1),
-            "mean_dice": m["mean_dice"], "mean_dice_std": m["mean_dice_std"],
+            "recipe": " ".join(recipe), "mean_dice": m["mean_dice"], "mean_dice_std": m["mean_dice_std"],
             "per_organ": {o: m["per_organ"].get(o, {}).get("mean") for o in ORGANS},
             "per_case": {c: v.get("mean") for c, v in m["per_case"].items()},
             "inference": " ".join(chosen) or "plain", "mean_dice_plain": tgt[()]["mean_dice"],

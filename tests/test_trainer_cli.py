@@ -84,15 +84,19 @@ def _cfg(data, out, steps, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("loss, aug", [("dice+infonce", "none"), ("erm", "none"), ("dice", "organ")])
-def test_resume_reaches_the_same_weights(tmp_path, loss, aug):
+@pytest.mark.parametrize("loss, aug, extra", [
+    ("dice+infonce", "none", {}), ("erm", "none", {}), ("dice", "organ", {}),
+    ("dice", "lla,standard", {"ema": 0.9, "shear_deg": 10.0, "shift": 0.1, "elastic": 2.0}),
+    ("gin-ipa", "standard", {}), ("slaug", "standard", {}),
+])  # fmt: skip
+def test_resume_reaches_the_same_weights(tmp_path, loss, aug, extra):
     # 18 rows, batch 4: 5 batches per epoch, so the run crosses an epoch and resumes mid-epoch
-    data = write_dataset(tmp_path / "d", n_cases=3, slices=6, size=16)
-    train_segmentation(_cfg(data, tmp_path / "full", 7, loss=loss, intensity_aug=aug))
-    train_segmentation(_cfg(data, tmp_path / "part", 3, loss=loss, intensity_aug=aug))
+    data = write_dataset(tmp_path / "d", n_cases=3, slices=6, size=16, copies=3)
+    train_segmentation(_cfg(data, tmp_path / "full", 7, loss=loss, intensity_aug=aug, **extra))
+    train_segmentation(_cfg(data, tmp_path / "part", 3, loss=loss, intensity_aug=aug, **extra))
     state = json.loads((tmp_path / "part" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (3, 0, 3)
-    train_segmentation(_cfg(data, tmp_path / "part", 7, loss=loss, intensity_aug=aug, resume="latest"))
+    train_segmentation(_cfg(data, tmp_path / "part", 7, loss=loss, intensity_aug=aug, resume="latest", **extra))
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -164,3 +168,21 @@ def test_compiled_forward_keeps_checkpoint_keys_and_learns_the_same_way(tmp_path
     with torch.no_grad():
         ya, yb = (load_model(tmp_path / r / "final")(x).softmax(1) for r in ("eager", "compiled"))
     torch.testing.assert_close(ya, yb, rtol=0, atol=2e-3)
+
+
+def test_ema_saves_the_averaged_network(tmp_path):
+    """--ema 0.5: final/ holds e4 = 0.5 * e3 + 0.5 * w4 (e3 from the step-3 checkpoint's ema.safetensors,
+    w4 the step-4 weights), and training itself is the same as without --ema."""
+    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16)
+    train_segmentation(_cfg(data, tmp_path / "plain", 4))
+    train_segmentation(_cfg(data, tmp_path / "ema", 4, ema=0.5))
+    plain = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    final = load_file(str(tmp_path / "ema" / "final" / "model.safetensors"))
+    ck = tmp_path / "ema" / "checkpoints"
+    e3 = load_file(str(ck / "step-0000003" / "ema.safetensors"))
+    w4 = load_file(str(ck / "step-0000004" / "model.safetensors"))
+    assert final.keys() == plain.keys()
+    for k in plain:
+        assert torch.equal(w4["net." + k], plain[k])  # the average never feeds back into training
+        torch.testing.assert_close(final[k], 0.5 * e3["module." + k] + 0.5 * w4["net." + k])
+    assert any(not torch.equal(final[k], plain[k]) for k in plain)

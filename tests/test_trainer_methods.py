@@ -8,16 +8,8 @@ import pytest
 import torch
 
 from styleswap.trainer.augment import Views, geometric_augment
-from styleswap.trainer.methods import (
-    METHODS,
-    bezier_remap,
-    classwise_location_scale,
-    derive_step,
-    global_location_scale,
-    ipa_field,
-    location_scale,
-    saliency_map,
-)
+from styleswap.trainer.augment import bezier_remap, classwise_location_scale, global_location_scale, location_scale
+from styleswap.trainer.methods import METHODS, derive_step, ipa_field, saliency_map
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -129,3 +121,15 @@ def test_peer_methods_train_end_to_end(tmp_path, loss):
     if loss == "gin-ipa":  # the consistency term is logged in the extra column
         assert all(float(r.split(",")[4]) >= 0 for r in rows)
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["loss"] == loss
+
+
+def test_lla_on_copies_remaps_about_half_of_them_and_never_the_original():
+    from styleswap.trainer.augment import random_classwise_location_scale
+
+    x = torch.rand(16, 1, 16, 16, generator=gen(0)) * 0.9 + 0.05
+    mask = torch.zeros(16, 1, 16, 16, dtype=torch.long)
+    mask[:, :, 4:12, 4:12] = 1
+    out = random_classwise_location_scale(x, mask, gen(3), num_classes=2)
+    changed = [not torch.equal(out[i], x[i]) for i in range(16)]
+    assert 3 <= sum(changed) <= 13  # a fraction of 0.5
+    assert out.min() >= 0 and out.max() <= 1

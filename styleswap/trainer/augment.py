@@ -7,7 +7,8 @@ volume statistics. `build_augmenter` composes, from the run's settings:
 1. `Geometric`: one random affine per slice (flip with left/right relabelling, rotation, zoom,
    shear, shift) and an optional elastic field, identical for every view and the mask.
 2. the method's own derivation of views (SLAug's location-scale images, GIN-IPA's blending).
-3. on copies only: ``organ`` (`organ_intensity_shift`), then ``bias`` (`bias_field`).
+3. on copies only: ``organ`` (`organ_intensity_shift`), ``bias`` (`bias_field`), ``lla``
+   (`random_classwise_location_scale`), in that order.
 4. ``standard`` photometric jitter (`intensity_augment`), copies first, then the original.
 5. `normalize_input`: what the network reads (``unit`` or per-volume ``zscore``).
 
@@ -214,6 +215,80 @@ def bias_field(x: torch.Tensor, generator: torch.Generator, prob: float = 0.5, s
     return (x * torch.exp(s * field).to(x.device, x.dtype)).clamp(0, 1)
 
 
+# --- SLAug's location-scale augmentation -------------------------------------------------------
+def bezier_remap(values: torch.Tensor, generator: torch.Generator, inverse: bool, points: int = 64) -> torch.Tensor:
+    """Map ``values`` (any shape) through a random cubic Bezier intensity curve over their range.
+
+    The curve runs from (min, min) to (max, max) with two control points drawn uniformly inside
+    the range, so it rises monotonically; with ``inverse`` it is mirrored to fall from max to min
+    (contrasts inverted, as SLAug does for the background always and for organs half the time).
+    Values between the curve's samples are interpolated linearly.
+    """
+    lo, hi = values.min(), values.max()
+    r = torch.rand(4, generator=generator).to(values.device, values.dtype)
+    px = torch.stack([lo, lo + (hi - lo) * r[0], lo + (hi - lo) * r[1], hi])
+    py = torch.stack([lo, lo + (hi - lo) * r[2], lo + (hi - lo) * r[3], hi])
+    if hi <= lo:
+        return values
+    t = torch.linspace(0, 1, points, device=values.device, dtype=values.dtype)[:, None]
+    basis = torch.cat([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3], dim=1)  # (points, 4)
+    xs, _ = torch.sort(basis @ px)
+    ys, _ = torch.sort(basis @ py)
+    if inverse:
+        ys = ys.flip(0)
+    flat = values.reshape(-1)
+    j = torch.searchsorted(xs, flat).clamp(1, points - 1)
+    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+    w = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
+    return (y0 + w * (y1 - y0)).reshape(values.shape)
+
+
+def location_scale(values: torch.Tensor, generator: torch.Generator, slide: float = 0.2) -> torch.Tensor:
+    """``clip(scale * v + location, 0, 1)``: scale ~ N(1, 0.1) clipped to [0.9, 1.1], location
+    ~ N(0, 0.5) clipped so that the 20th..80th percentiles of ``v`` stay inside [0, 1]."""
+    g = torch.randn(2, generator=generator).tolist()
+    scale = min(max(1.0 + 0.1 * g[0], 0.9), 1.1)
+    q = torch.quantile(values.reshape(-1).float(), torch.tensor([slide, 1 - slide], device=values.device)).tolist()
+    location = min(max(0.5 * g[1], 0.0 - q[0]), 1.0 - q[1])
+    return (values * scale + location).clamp(0, 1)
+
+
+def global_location_scale(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SLAug's GLA: each image (B, C, H, W) in [0, 1] through a monotone Bezier curve, then a
+    random location and scale."""
+    return torch.stack([location_scale(bezier_remap(im, generator, inverse=False), generator) for im in x])
+
+
+def classwise_location_scale(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, num_classes: int,
+                             background: float = 0.01) -> torch.Tensor:  # fmt: skip
+    """SLAug's LLA: the background (label 0) through an inverting Bezier curve, every organ present
+    through its own curve (inverting with probability 0.5), each then with its own location and
+    scale; pixels darker than ``background`` (air) keep their value."""
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        im, m = x[i], mask[i].expand_as(x[i])
+        res = im.clone()
+        for c in range(num_classes):
+            sel = m == c
+            if not sel.any():
+                continue
+            inverse = True if c == 0 else bool(torch.rand(1, generator=generator).item() < 0.5)
+            res[sel] = location_scale(bezier_remap(im[sel], generator, inverse=inverse), generator)
+        out[i] = torch.where(im <= background, im, res)
+    return out
+
+
+def random_classwise_location_scale(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, num_classes: int,
+                                    prob: float = 0.5) -> torch.Tensor:  # fmt: skip
+    """``lla`` on copies: `classwise_location_scale` on a fraction ``prob`` of the images."""
+    on = torch.rand(x.shape[0], generator=generator) < prob
+    if not on.any():
+        return x
+    out = x.clone()
+    out[on] = classwise_location_scale(x[on], mask[on.to(mask.device)], generator, num_classes)
+    return out
+
+
 @dataclass
 class OnCopies:
     """Apply ``fn(x, mask, generator)`` to every copy (not to the original)."""
@@ -252,6 +327,8 @@ def build_augmenter(cfg, swap: torch.Tensor | None, num_classes: int, derive: St
         steps.append(OnCopies(lambda x, m, g: organ_intensity_shift(x, m, g, num_classes)))
     if "bias" in augs:
         steps.append(OnCopies(lambda x, m, g: bias_field(x, g)))
+    if "lla" in augs:
+        steps.append(OnCopies(lambda x, m, g: random_classwise_location_scale(x, m, g, num_classes)))
     if "standard" in augs:
         steps.append(jitter)
     steps.append(Normalize(cfg.input_norm))

@@ -16,7 +16,7 @@ from styleswap.errors import StyleSwapError
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
 LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug")
 LR_SCHEDULES = ("constant", "cosine", "poly")
-INTENSITY_AUGS = ("standard", "organ", "bias")
+INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
 INPUT_NORMS = ("unit", "zscore")
 ARCHS = ("unet", "basicunet")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -59,11 +59,14 @@ class TrainConfig:
     lr_schedule: str = option("constant", "constant | cosine (to 0 at --steps) | poly (nnU-Net's (1-t)^0.9).")
     warmup_steps: int = option(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = option(1e-4, "AdamW weight decay.")
+    ema: float = option(0.0, "Exponential moving average of the weights with this decay per step (e.g. 0.999); "
+                        "validation, best/ and final/ then use the averaged network. 0: off.")
     seed: int = option(0, "Seed for init, data order, copies, augmentation.")
     # augmentation
     intensity_aug: str = option("none", "Comma-separated: standard (per-image gamma, contrast, brightness, noise on every "
                                 "image), organ (on copies, a random intensity map per organ, so organ-to-organ contrast is "
-                                "no cue), bias (on copies, a smooth random shading field); or none.")
+                                "no cue), bias (on copies, a smooth random shading field), lla (on half the copies, SLAug's class-wise "
+                                "location-scale remap: every organ and the background through its own random curve); or none.")
     flip_prob: float = option(0.5, "Horizontal flip probability (left/right labels swapped).")
     rotate_deg: float = option(15.0, "Max rotation, degrees.", "--rotate")
     scale: float = option(0.1, "Max relative zoom.")
@@ -112,6 +115,8 @@ class TrainConfig:
         for name in ("rotate_deg", "scale", "shear_deg", "shift", "elastic", "nce_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise StyleSwapError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise StyleSwapError(f"--ema must be within [0, 1), got {self.ema}")
         if self.resume and self.overwrite:
             raise StyleSwapError("--resume continues the run in --out and --overwrite replaces it: give one of them")
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from styleswap.trainer.augment import Views, smooth_field
+from styleswap.trainer.augment import Views, classwise_location_scale, global_location_scale, smooth_field
 
 Backward = Callable[[torch.Tensor], None]
 
@@ -81,69 +81,7 @@ def derive_step(method: Method, num_classes: int):
     return None
 
 
-# --- SLAug: location-scale augmentation ----------------------------------------------------------
-def bezier_remap(values: torch.Tensor, generator: torch.Generator, inverse: bool, points: int = 64) -> torch.Tensor:
-    """Map ``values`` (any shape) through a random cubic Bezier intensity curve over their range.
-
-    The curve runs from (min, min) to (max, max) with two control points drawn uniformly inside
-    the range, so it rises monotonically; with ``inverse`` it is mirrored to fall from max to min
-    (contrasts inverted, as SLAug does for the background always and for organs half the time).
-    Values between the curve's samples are interpolated linearly.
-    """
-    lo, hi = values.min(), values.max()
-    r = torch.rand(4, generator=generator).to(values.device, values.dtype)
-    px = torch.stack([lo, lo + (hi - lo) * r[0], lo + (hi - lo) * r[1], hi])
-    py = torch.stack([lo, lo + (hi - lo) * r[2], lo + (hi - lo) * r[3], hi])
-    if hi <= lo:
-        return values
-    t = torch.linspace(0, 1, points, device=values.device, dtype=values.dtype)[:, None]
-    basis = torch.cat([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3], dim=1)  # (points, 4)
-    xs, _ = torch.sort(basis @ px)
-    ys, _ = torch.sort(basis @ py)
-    if inverse:
-        ys = ys.flip(0)
-    flat = values.reshape(-1)
-    j = torch.searchsorted(xs, flat).clamp(1, points - 1)
-    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
-    w = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
-    return (y0 + w * (y1 - y0)).reshape(values.shape)
-
-
-def location_scale(values: torch.Tensor, generator: torch.Generator, slide: float = 0.2) -> torch.Tensor:
-    """``clip(scale * v + location, 0, 1)``: scale ~ N(1, 0.1) clipped to [0.9, 1.1], location
-    ~ N(0, 0.5) clipped so that the 20th..80th percentiles of ``v`` stay inside [0, 1]."""
-    g = torch.randn(2, generator=generator).tolist()
-    scale = min(max(1.0 + 0.1 * g[0], 0.9), 1.1)
-    q = torch.quantile(values.reshape(-1).float(), torch.tensor([slide, 1 - slide], device=values.device)).tolist()
-    location = min(max(0.5 * g[1], 0.0 - q[0]), 1.0 - q[1])
-    return (values * scale + location).clamp(0, 1)
-
-
-def global_location_scale(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SLAug's GLA: each image (B, C, H, W) in [0, 1] through a monotone Bezier curve, then a
-    random location and scale."""
-    return torch.stack([location_scale(bezier_remap(im, generator, inverse=False), generator) for im in x])
-
-
-def classwise_location_scale(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, num_classes: int,
-                             background: float = 0.01) -> torch.Tensor:  # fmt: skip
-    """SLAug's LLA: the background (label 0) through an inverting Bezier curve, every organ present
-    through its own curve (inverting with probability 0.5), each then with its own location and
-    scale; pixels darker than ``background`` (air) keep their value."""
-    out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        im, m = x[i], mask[i].expand_as(x[i])
-        res = im.clone()
-        for c in range(num_classes):
-            sel = m == c
-            if not sel.any():
-                continue
-            inverse = True if c == 0 else bool(torch.rand(1, generator=generator).item() < 0.5)
-            res[sel] = location_scale(bezier_remap(im[sel], generator, inverse=inverse), generator)
-        out[i] = torch.where(im <= background, im, res)
-    return out
-
-
+# --- SBF and IPA ---------------------------------------------------------------------------------
 def saliency_map(grad: torch.Tensor, grid: int = 3) -> torch.Tensor:
     """SBF's fusion weights from the gradient of the loss w.r.t. the input (B, C, H, W): its RMS
     over channels, averaged on a ``grid`` x ``grid`` grid, upsampled bilinearly (smooth, and with no

@@ -56,6 +56,8 @@ CSV_FIELDS = ("step", "epoch", "loss", "seg_loss", "nce_loss", "lr", "slices_per
 #: Segmentation checkpoints: ``checkpoints/step-0000200`` holding these files.
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")
 LAYOUT = checkpoints.Layout("step-", CHECKPOINT_FILES, digits=7)
+#: The averaged weights of a run with --ema, beside the checkpoint's files.
+EMA_NAME = "ema.safetensors"
 
 
 def find_checkpoint(out: Path, resume: str) -> Path | None:
@@ -126,6 +128,7 @@ class _Run:
     epoch: int = 0
     in_epoch: int = 0
     best: float = -1.0
+    ema: Any = None  # torch.optim.swa_utils.AveragedModel of the network when --ema is on
     fresh: bool = True  # the run folder was new (a failure before the first checkpoint removes it)
 
 
@@ -171,6 +174,10 @@ def _setup(cfg: TrainConfig) -> _Run:
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     module, optimizer = accelerator.prepare(module, optimizer)
     run = _Run(cfg, infos, val_info, labels, mcfg, module, optimizer, accelerator, layers, Path(cfg.out))
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        run.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     ckpt = find_checkpoint(run.out, cfg.resume) if cfg.resume and previous is not None else None
     if cfg.resume and previous is None and cfg.resume != "latest":
         ckpt = find_checkpoint(run.out, cfg.resume)
@@ -199,6 +206,10 @@ def _restore(run: _Run, ckpt: Path) -> None:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
         raise StyleSwapError(f"{ckpt / 'model.safetensors'}: cannot read the weights ({' '.join(str(e).split())})") from None
     run.accelerator.unwrap_model(run.module).load_state_dict(weights)
+    if run.ema is not None:
+        if not (ckpt / EMA_NAME).is_file():
+            raise StyleSwapError(f"{ckpt}: holds no {EMA_NAME}; the run was not trained with --ema")
+        run.ema.load_state_dict(load_file(str(ckpt / EMA_NAME), device=str(run.accelerator.device)))
     load_optimizer(run.optimizer, ckpt)
     run.step, run.epoch, run.in_epoch = int(state["step"]), int(state["epoch"]), int(state["batches_in_epoch"])
     run.best = float(state.get("best_val", -1.0))
@@ -253,6 +264,8 @@ def _checkpoint(run: _Run) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
         kill_point("checkpoint-write", run.step)
         save_optimizer(run.optimizer, tmp)
+        if run.ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in run.ema.state_dict().items()}, str(tmp / EMA_NAME))
         (tmp / "config.json").write_text(json.dumps(run.mcfg, indent=2))
         state = {"step": run.step, "epoch": run.epoch, "batches_in_epoch": run.in_epoch, "best_val": run.best,
                  "model_config": run.mcfg, "seed": run.cfg.seed}  # fmt: skip
@@ -269,7 +282,7 @@ def _validate(run: _Run) -> float | None:
     if run.accelerator.is_main_process:
         from styleswap.trainer.evaluate import evaluate_info
 
-        net = run.accelerator.unwrap_model(run.module).net
+        net = _inference_net(run)
         metrics, _ = evaluate_info(net, run.val_info, batch_size=run.cfg.val_batch_size, device=run.accelerator.device, overlay_slices=0)
         value = metrics["mean_dice"] if metrics["mean_dice"] is not None else 0.0
         if value > run.best:
@@ -278,6 +291,11 @@ def _validate(run: _Run) -> float | None:
             (run.out / "best" / "val_metrics.json").write_text(json.dumps({"step": run.step, **metrics}, indent=2))
     run.accelerator.wait_for_everyone()
     return value
+
+
+def _inference_net(run: _Run) -> SegNet:
+    """The network that validation and the saved models use: the averaged one under --ema."""
+    return run.ema.module if run.ema is not None else run.accelerator.unwrap_model(run.module).net
 
 
 def _metrics_rows(run: _Run) -> list[dict[str, Any]]:
@@ -331,6 +349,8 @@ def _loop(run: _Run) -> dict[str, Any]:
         for group in run.optimizer.param_groups:  # a pure function of the step: resume needs no scheduler state
             group["lr"] = lr_at(run.step, cfg.steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps)
         run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update_parameters(accelerator.unwrap_model(run.module).net)
         run.step += 1
         seen_last += batch["mask"].shape[0] * world
         loss = terms["loss"].item()
@@ -363,8 +383,7 @@ def _loop(run: _Run) -> dict[str, Any]:
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        net = accelerator.unwrap_model(run.module).net
-        save_model(net, run.out / "final")
+        save_model(_inference_net(run), run.out / "final")
         if run.val_info is None:  # nothing to select on: the last weights are the best we know
             shutil.rmtree(run.out / "best", ignore_errors=True)
             shutil.copytree(run.out / "final", run.out / "best")
