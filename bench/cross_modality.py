@@ -218,7 +218,7 @@ def main() -> int:
         note += " The MRI source holds 8 volumes (the published protocol trains on 20)."
     print("\n" + table + note)
     out_json = {"budget": budget, "short": short, "rows": results, "runs": runs}
-    suffix = args.tag or ""
+    suffix = (args.tag or "") + (f"-rows{args.rows.replace(',', '_')}" if args.rows else "")
     (W / f"results{suffix}.json").write_text(json.dumps(out_json, indent=2))
     (W / f"results{suffix}.md").write_text(table + "\n" + note + "\n")
     if args.check_margin is not None:
