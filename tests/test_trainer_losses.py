@@ -76,3 +76,20 @@ def test_seg_loss_rewards_correct_logits(good, expect_low):
     logits = (onehot if good else 1 - onehot) * 20 - 10
     value = SegLoss()(logits, target).item()
     assert (value < 0.05) == expect_low
+
+
+def test_batch_negatives_compare_the_same_location_across_images():
+    """negatives="batch": location i of image b against location i of every image of the batch."""
+    # two images, one location, 2-D features: q_0 = e1, q_1 = e2; k_0 = e1, k_1 = (e1 + e2)/sqrt2
+    q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    k = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]]])
+    t = 0.5
+    c = 1 / math.sqrt(2)
+    # image 0: logits (1, c)/t, positive first; image 1: logits (0, c)/t, positive second
+    expect = 0.5 * (-math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(c / t)))
+                    - math.log(math.exp(c / t) / (1 + math.exp(c / t))))  # fmt: skip
+    assert patch_nce(q, k, t, negatives="batch").item() == pytest.approx(expect, rel=1e-5)
+    # with one location per image the per-image variant has no negative: its loss is 0
+    assert patch_nce(q, k, t, negatives="image").item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="negatives"):
+        patch_nce(q, k, t, negatives="everything")

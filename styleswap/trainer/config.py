@@ -79,6 +79,9 @@ class TrainConfig:
     nce_patches: int = option(256, "Locations sampled per layer.")
     nce_layers: str | None = option(None, "Encoder depths, e.g. '0,1,2' (default: all).")
     nce_mlp: bool = option(True, "CUT's projection MLP.")
+    nce_negatives: str = option("image", "image (CUT: other locations of the same image) | batch (the same location in the "
+                                "other images of the batch, as the Style Swap paper's code; with --nce-layers 3 "
+                                "--nce-temperature 0.2 that is its InfoNCE).")
     consistency_weight: float = option(10.0, "gin-ipa: weight of the KL consistency between the three views (the paper's 10).")
     # running
     workers: int = option(2, "DataLoader workers per process.")
@@ -100,7 +103,7 @@ class TrainConfig:
     def validate(self) -> None:
         """One-line errors for settings that cannot run, before anything is read or written."""
         for name, choices in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("input_norm", INPUT_NORMS),
-                              ("arch", ARCHS), ("mixed_precision", MIXED_PRECISION)):  # fmt: skip
+                              ("arch", ARCHS), ("mixed_precision", MIXED_PRECISION), ("nce_negatives", ("image", "batch"))):  # fmt: skip
             value = getattr(self, name)
             if value not in choices:
                 raise StyleSwapError(f"unknown {flag(name)} {value!r} (choose from {', '.join(choices)})")

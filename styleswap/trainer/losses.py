@@ -13,6 +13,11 @@ and temperature ``tau`` the loss of image ``b`` is the cross-entropy of the ``P 
 (CUT concatenates the positive logit with the negatives and masks the diagonal with -10/tau,
 which is the same quantity up to a term of exp(-10/0.07) ~ 0.)
 
+``negatives="batch"`` takes the negatives from the other images of the batch instead, at the same
+location (the InfoNCE of the causal style-intervention paper's released code, arXiv 2411.05223,
+used there on bottleneck features with a 2-layer projection and temperature 0.2): the logits of
+location ``i`` are the ``B x B`` matrix ``q_.i @ k_.i.T / tau`` against its diagonal.
+
 Which side is detached: the *keys* (the copy's features) are detached by default, as in CUT, so
 the InfoNCE gradient reaches the network only through the *original* branch (the copy branch is
 still trained by its own Dice term). ``detach_keys=False`` lets it flow through both.
@@ -66,16 +71,24 @@ def sample_locations(height: int, width: int, num_patches: int, generator: torch
     return perm[: min(num_patches, height * width)].to(device)
 
 
-def patch_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """InfoNCE over sampled patch vectors, negatives from the same image.
+NEGATIVES = ("image", "batch")
+
+
+def patch_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.07, negatives: str = "image") -> torch.Tensor:
+    """InfoNCE over sampled patch vectors, negatives from the same image (or the same location of
+    the other images of the batch: ``negatives="batch"``).
 
     Shapes: ``query``, ``key`` (B, P, D) (not necessarily normalised; they are L2-normalised here).
     Returns the mean over B*P of the cross-entropy of ``q @ k.T / temperature`` against the diagonal.
     """
     if query.shape != key.shape or query.ndim != 3:
         raise ValueError(f"query and key must both be (B, P, D), got {tuple(query.shape)} and {tuple(key.shape)}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     q = F.normalize(query.float(), dim=-1)
     k = F.normalize(key.float(), dim=-1)
+    if negatives == "batch":  # (P, B, D): each location compares the batch's images with each other
+        q, k = q.transpose(0, 1), k.transpose(0, 1)
     logits = torch.bmm(q, k.transpose(1, 2)) / temperature  # (B, P, P)
     b, p, _ = logits.shape
     target = torch.arange(p, device=logits.device).expand(b, p)
@@ -93,6 +106,8 @@ class PatchNCELoss(nn.Module):
         use_mlp: project sampled vectors with a small MLP (CUT's ``netF``) before the loss.
         mlp_dim: width of the projection.
         detach_keys: stop the gradient on the keys (the copy side); see the module docstring.
+        negatives: ``image`` (CUT: other locations of the same image) or ``batch`` (the same
+            location in the other images of the batch).
 
     ``forward(feats_q, feats_k)``: two sequences of (B, C_l, H_l, W_l) maps (same shapes pairwise).
     Returns the mean over layers of `patch_nce`.
@@ -106,6 +121,7 @@ class PatchNCELoss(nn.Module):
         use_mlp: bool = True,
         mlp_dim: int = 256,
         detach_keys: bool = True,
+        negatives: str = "image",
     ) -> None:
         super().__init__()
         if num_patches < 2:
@@ -115,6 +131,9 @@ class PatchNCELoss(nn.Module):
         self.num_patches = num_patches
         self.temperature = temperature
         self.detach_keys = detach_keys
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        self.negatives = negatives
         self.heads = nn.ModuleList([PatchProjector(c, mlp_dim) for c in channels]) if use_mlp else None
 
     def forward(
@@ -139,5 +158,5 @@ class PatchNCELoss(nn.Module):
                 q, k = self.heads[i](q.float()), self.heads[i](k.float())
             if self.detach_keys:
                 k = k.detach()
-            losses.append(patch_nce(q, k, self.temperature))
+            losses.append(patch_nce(q, k, self.temperature, self.negatives))
         return torch.stack(losses).mean()

@@ -167,7 +167,8 @@ def _setup(cfg: TrainConfig) -> _Run:
     nce, layers = None, []
     if cfg.loss == "dice+infonce":
         layers = parse_layers(cfg.nce_layers, net.num_levels)
-        nce = PatchNCELoss([net.feature_channels[i] for i in layers], cfg.nce_patches, cfg.nce_temperature, use_mlp=cfg.nce_mlp)
+        nce = PatchNCELoss([net.feature_channels[i] for i in layers], cfg.nce_patches, cfg.nce_temperature, use_mlp=cfg.nce_mlp,
+                           negatives=cfg.nce_negatives)
     module = _TrainModule(net, nce)
     if cfg.compile:
         module.compile()
