@@ -93,3 +93,13 @@ def test_batch_negatives_compare_the_same_location_across_images():
     assert patch_nce(q, k, t, negatives="image").item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="negatives"):
         patch_nce(q, k, t, negatives="everything")
+
+
+def test_effb2_exposes_its_five_encoder_stages():
+    from styleswap.trainer.model import SegNet, default_config
+
+    net = SegNet(default_config(3, "effb2"))
+    logits, feats = net(torch.zeros(1, 1, 64, 64), return_features=True)
+    assert logits.shape == (1, 3, 64, 64)
+    assert [f.shape[1] for f in feats] == net.feature_channels == [16, 24, 48, 120, 352]
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]

@@ -18,7 +18,7 @@ LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
 INPUT_NORMS = ("unit", "zscore")
-ARCHS = ("unet", "basicunet")
+ARCHS = ("unet", "basicunet", "effb2")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -46,7 +46,8 @@ class TrainConfig:
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "
                        "smooth field, KL consistency; Ouyang et al.) | slaug (global and class-wise location-scale "
                        "augmentation with saliency-balanced fusion, on the fly; Su et al.).")
-    arch: str = option("unet", "unet (MONAI UNet) | basicunet.")
+    arch: str = option("unet", "unet (MONAI UNet) | basicunet | effb2 (FlexibleUNet with a randomly initialised "
+                       "EfficientNet-B2 encoder, the peers' network; 11 M parameters).")
     channels: int = option(16, "Width of the first level (doubles per level).", "--channels", "--width")
     depth: int = option(4, "Number of resolution levels.")
     num_res_units: int = option(2, "Residual units per block (unet).", "--res-units")

@@ -14,8 +14,11 @@ Architectures:
   (depth-1, same resolution as depth-2).
 * ``basicunet``: ``monai.networks.nets.BasicUNet`` (fixed 5 levels; ``depth`` must be 5),
   widths ``(c, c, 2c, 4c, 8c, c)``. Encoder features: ``conv_0`` (H) and ``down_1..4``.
+* ``effb2``: ``monai.networks.nets.FlexibleUNet`` with an EfficientNet-B2 encoder, randomly
+  initialised (the network SLAug and GIN-IPA report with; 11 M parameters, ``channels`` and
+  ``depth`` unused). Encoder features: its five stages (H/2 ... H/32).
 
-Input height and width must be divisible by ``2**(depth-1)`` (``basicunet``: 16).
+Input height and width must be divisible by ``2**(depth-1)`` (``basicunet``: 16, ``effb2``: 32).
 
 ``input_norm`` (config key, default ``unit``) says what the network reads: ``unit`` the stored
 slice in [0, 1]; ``zscore`` the slice minus its volume's mean, divided by its volume's std (the
@@ -34,8 +37,7 @@ from torch import nn
 
 from styleswap.errors import StyleSwapError
 
-ARCHS = ("unet", "basicunet")
-INPUT_NORMS = ("unit", "zscore")
+from styleswap.trainer.config import ARCHS, INPUT_NORMS  # declared once, with the options
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -91,12 +93,20 @@ class SegNet(nn.Module):
             encoder = [self.net.conv_0, self.net.down_1, self.net.down_2, self.net.down_3, self.net.down_4]
             self.feature_channels = list(feats[:5])
             self.divisor = 16
+        elif arch == "effb2":
+            from monai.networks.nets import FlexibleUNet
+
+            self.net = FlexibleUNet(in_channels=inc, out_channels=ncls, backbone="efficientnet-b2", pretrained=False, spatial_dims=2)
+            self.feature_channels = [16, 24, 48, 120, 352]
+            self.divisor = 32
+            encoder = []
+            self.net.encoder.register_forward_hook(self._stages_hook)  # the encoder returns its stages as a list
         else:
             raise StyleSwapError(f"unknown --arch {arch!r} (choose from {', '.join(ARCHS)})")
         self._captured: list[torch.Tensor] | None = None
         for i, module in enumerate(encoder):
             module.register_forward_hook(self._hook(i))
-        self.num_levels = len(encoder)
+        self.num_levels = len(encoder) or len(self.feature_channels)
 
     def _hook(self, i: int):
         def fn(_module, _inp, out):
@@ -104,6 +114,10 @@ class SegNet(nn.Module):
                 self._captured[i] = out
 
         return fn
+
+    def _stages_hook(self, _module, _inp, out):
+        if self._captured is not None:
+            self._captured[:] = list(out)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
