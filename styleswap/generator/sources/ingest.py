@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from styleswap.contract import DEFAULT_LABELS
 from styleswap.errors import StyleSwapError
-from styleswap.generator.sources import intensity, pngs, slicing
+from styleswap.generator.sources import pngs, slicing
 from styleswap.generator.sources.base import SourceSlice, Volume
-from styleswap.generator.sources.layouts import Layout, detect_layout, normalize_modality
-from styleswap.generator.sources.volumes import LabelMap, load_case, make_label_map
+from styleswap.generator.sources.layouts import CaseRef, Layout, detect_layout, normalize_modality
+from styleswap.volumes import intensity
+from styleswap.volumes.geometry import voxel_sizes
+from styleswap.volumes.io import LabelMap, canonical_voxels, check_finite, check_same_grid, make_label_map, read_nifti
 
 
 @dataclass
@@ -124,6 +128,31 @@ def _volumes(layout: Layout, label_map: LabelMap, modality: str, seed: int) -> I
         return
     for case in layout.cases:
         yield load_case(case, label_map, modality)
+
+
+def load_case(case: CaseRef, label_map: LabelMap, modality: str) -> Volume:
+    """Read, validate, reorient to RAS+ (image and label identically) and remap one case."""
+    if case.label is None:
+        raise StyleSwapError(f"{case.image}: missing label file")
+    img = read_nifti(case.image)
+    lab = read_nifti(case.label)
+    check_same_grid(img, lab, case.image, case.label)
+    image, affine = canonical_voxels(img, case.image)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    check_finite(image, case.image)
+    label = label_map.apply(canonical_voxels(lab, case.label)[0], case.label)
+    spacing = voxel_sizes(affine)
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise StyleSwapError(f"{case.image}: voxel spacing {spacing} must be positive")
+    return Volume(
+        case_id=case.case_id,
+        image=image,
+        label=np.ascontiguousarray(label),
+        spacing=spacing,
+        modality=modality,
+        split=case.split,
+        path=str(case.image),
+    )
 
 
 def _resolve_modality(layout: Layout, modality: str | None) -> str:
