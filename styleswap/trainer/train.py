@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from styleswap.errors import StyleSwapError
 from styleswap.safe_state import fsync_path, kill_point, load_optimizer, save_optimizer
+from styleswap.trainer.artifact import describe_training
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
@@ -282,6 +283,7 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     mcfg = default_config(len(labels), cfg.arch, cfg.channels, cfg.depth, num_res_units=cfg.num_res_units, labels=labels, image_size=list(size))
+    mcfg.update(describe_training(infos, cfg))  # preprocessing, data ids and hashes, recipe: the artifact's keys
     net = SegNet(mcfg)
     if size[0] % net.divisor or size[1] % net.divisor:
         raise StyleSwapError(f"image size {size} must be divisible by {net.divisor} for --arch {cfg.arch} --depth {cfg.depth}")

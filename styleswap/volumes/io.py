@@ -21,6 +21,8 @@ import numpy as np
 from styleswap.errors import StyleSwapError
 from styleswap.volumes.geometry import canonical_affine, canonical_orientation, to_canonical
 
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
 #: Image and label affines may differ by float noise (different writers, qform vs sform rounding).
 AFFINE_RTOL = 1e-3
 AFFINE_ATOL_MM = 1e-2
@@ -30,6 +32,23 @@ AFFINE_ATOL_MM = 1e-2
 #: Environment variable ``STYLESWAP_MAX_VOLUME_GIB`` raises or lowers it.
 MAX_VOLUME_ENV = "STYLESWAP_MAX_VOLUME_GIB"
 DEFAULT_MAX_VOLUME_GIB = 8.0
+
+
+def normalize_modality(name: str) -> str | None:
+    """``CT`` -> CT; MR, MRI, T1, T2, FLAIR, ... -> MRI; anything else -> None (unknown)."""
+    s = str(name).strip().upper()
+    if s.startswith("CT"):
+        return "CT"
+    if s.startswith(("MR", "T1", "T2", "FLAIR", "DWI", "ADC", "PD")):
+        return "MRI"
+    return None
+
+
+def strip_nifti(name: str) -> str:
+    for ending in NIFTI_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return name
 
 
 def _one_line(e: BaseException) -> str:
