@@ -68,3 +68,43 @@ def world_centroid(label: np.ndarray, affine: np.ndarray, organ: int) -> np.ndar
 def dice(a: np.ndarray, b: np.ndarray, organ: int) -> float:
     x, y = a == organ, b == organ
     return 2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum())
+
+
+def tiny_model(folder: Path, size: int = 32, modality: str | None = "CT") -> Path:
+    """An untrained model folder with the artifact's config (for error paths: no training)."""
+    from styleswap.contract import DEFAULT_LABELS
+    from styleswap.trainer.model import build_model, default_config, save_model
+
+    pre = Preprocessing(size=size, modality=modality).to_config()
+    cfg = default_config(len(DEFAULT_LABELS), channels=4, depth=2, labels=DEFAULT_LABELS, image_size=[size, size], preprocessing=pre)
+    torch.manual_seed(0)
+    return save_model(build_model(cfg), folder)
+
+
+def dicom_series(folder: Path, stored: np.ndarray, affine: np.ndarray, modality: str = "CT", series: str = "1.2.826.0.1.3680043.2.1125.1") -> Path:
+    """Write ``stored`` (X, Y, Z, integer values) with RAS ``affine`` as a DICOM series, one file a
+    slice, with SimpleITK (the geometry in LPS patient coordinates, as DICOM has it)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    direction = lps[:3, :3] / spacing
+    img = sitk.GetImageFromArray(np.ascontiguousarray(stored.transpose(2, 1, 0)).astype(np.int16))
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(v) for v in lps[:3, 3]])
+    img.SetDirection([float(v) for v in direction.ravel()])
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    cosines = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (("0008|0060", modality), ("0020|000d", series + ".0"), ("0020|000e", series),
+                           ("0020|0037", cosines), ("0020|0032", "\\".join(f"{v:.6f}" for v in pos)),
+                           ("0020|0013", str(k + 1)), ("0008|0018", f"{series}.{k + 1}"), ("0018|0050", f"{spacing[2]:.6f}"),
+                           ("0028|1052", "0"), ("0028|1053", "1")):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
+        writer.Execute(sl)
+    return folder
