@@ -32,7 +32,8 @@ def _download(spec: str | Path, flag: str, repo_type: str, allow_patterns: list[
     from huggingface_hub import snapshot_download
 
     try:
-        local = snapshot_download(m["repo"], repo_type=repo_type, revision=m["rev"], allow_patterns=allow_patterns)
+        only = {"allow_patterns": allow_patterns} if allow_patterns else {}
+        local = snapshot_download(m["repo"], repo_type=repo_type, revision=m["rev"], **only)
     except Exception as e:  # noqa: BLE001 - offline, not found, gated: one line, no credentials in it
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise StyleSwapError(f"{flag} {spec}: download failed ({e.__class__.__name__}: {first})") from None
