@@ -161,3 +161,61 @@ def test_prediction_on_a_real_mri_scores_what_raw_eval_scores(shared_data, tmp_p
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for organ, value in by_hand.items():
         assert metrics["per_case"][case][organ] * 100 == pytest.approx(value * 100, abs=0.5), organ
+
+
+# --- train push ------------------------------------------------------------------------------------
+
+
+class RecordingApi:
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+
+    def create_branch(self, repo_id, **kw):
+        self.calls.append(("create_branch", repo_id, kw))
+
+    def create_commit(self, **kw):
+        self.calls.append(("create_commit", kw["repo_id"], kw))
+
+
+def test_push_dry_run_shows_files_and_a_parsable_card_and_sends_nothing(run, tmp_path, monkeypatch):
+    import yaml
+
+    api = RecordingApi()
+    monkeypatch.setattr("styleswap.hub_publish.default_api", lambda: api)
+    monkeypatch.setenv("HF_TOKEN", "hf_FAKEtoken1234567890")
+    ok(train(["eval", "--model", run, "--data", run.parent / "ct", "--out", run / "eval-ct"]))
+    code, out, err = train(["push", run, "--repo-id", "alice/abdomen-seg", "--license", "cc-by-nc-4.0", "--dry-run"])
+    assert code == 0, err
+    assert "hf_FAKEtoken" not in out + err and api.calls == []
+    files = [line.split(" -> ")[1].split(" (")[0] for line in out.splitlines() if " -> " in line and line.endswith("bytes)")]
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    card = out[out.index("---\n"):out.index("dry run:")]
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "styleswap" and meta["license"] == "cc-by-nc-4.0" and "ct" in meta["tags"]
+    metrics = json.loads((run / "eval-ct" / "metrics.json").read_text())
+    assert f"| liver | {metrics['per_organ']['liver']['mean'] * 100:.1f} |" in card  # the latest eval's Dice table
+    assert "train predict --model hf://alice/abdomen-seg" in card and sha256_file(run / "best" / "model.safetensors") in card
+
+
+def test_push_sends_one_commit_of_the_artifact(run, monkeypatch):
+    api = RecordingApi()
+    monkeypatch.setattr("styleswap.hub_publish.default_api", lambda: api)
+    ok(train(["push", run / "final", "--repo-id", "alice/abdomen-seg", "--license", "apache-2.0", "--revision", "v1"]))
+    kinds = [c[0] for c in api.calls]
+    assert kinds == ["create_repo", "create_branch", "create_commit"] and api.calls[0][2]["repo_type"] == "model"
+    ops = api.calls[2][2]["operations"]
+    assert sorted(op.path_in_repo for op in ops) == ["README.md", "config.json", "model.safetensors"]
+    assert api.calls[2][2]["revision"] == "v1"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--repo-id", "not a repo", "--license", "mit"], "--repo-id must be NAMESPACE/NAME"),
+    (["--repo-id", "alice/seg"], "no license"),
+    (["--repo-id", "alice/seg", "--license", "MIT License"], "--license must be a lowercase Hub license id"),
+])
+def test_push_refusals(run, args, words):
+    code, out, err = train(["push", run, *args, "--dry-run"])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err

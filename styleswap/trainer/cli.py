@@ -158,6 +158,36 @@ def predict_(
     typer.echo(f"{len(summary['cases'])} case(s), {t['slices']} slices in {t['total_s']:.1f} s -> {out / 'predictions.json'}")
 
 
+@app.command("push")
+@_errors_to_exit
+def push_(
+    model: Annotated[str, typer.Argument(help="Run folder (best/, then final/), best/, final/, checkpoints/step-N or a model folder.", show_default=False)],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub model repo, NAMESPACE/NAME.")],
+    license: Annotated[Optional[str], typer.Option(help="Hub license id of the model (e.g. cc-by-nc-4.0, apache-2.0, other); required.")] = None,
+    evaluation: Annotated[Optional[Path], typer.Option("--eval", help="A train eval output (folder or metrics.json) for the card's Dice table. Default: the newest one in the run folder that evaluated this model.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private (ignored if it exists).")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created if missing). Default: main.")] = None,
+    message: Annotated[Optional[str], typer.Option(help="Commit message.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and print the card; send nothing.")] = False,
+) -> None:
+    """Publish a model folder (config.json, model.safetensors, a model card) to the Hugging Face Hub.
+
+    The token comes from HF_TOKEN or 'hf auth login' and is never printed or stored.
+    """
+    from styleswap.hub_publish import format_ops
+    from styleswap.trainer.publish import prepare_model_push, push_model
+
+    if dry_run:
+        pp = prepare_model_push(model, repo_id, license, evaluation)
+        for line in format_ops(pp.ops):
+            typer.echo(line)
+        typer.echo(pp.card)
+        typer.echo(f"dry run: {len(pp.ops)} files would be sent to {repo_id}; nothing was sent")
+        return
+    ops = push_model(model, repo_id, license=license, evaluation=evaluation, private=private, revision=revision, message=message)
+    typer.echo(f"pushed {len(ops)} files to https://huggingface.co/{repo_id}")
+
+
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 for known errors."""
     try:

@@ -76,7 +76,7 @@ def evaluate_raw(
         del scan, seg, gt
     metrics = summarize(case_dice, artifact.organs, case_hd if hd95 else None)
     metrics.update(grid="native (each scan's own voxels)", tta=tta, largest_component=largest_component,
-                   model=artifact.spec, weights_sha256=artifact.sha256, images=str(images), labels=str(labels))
+                   model=str(artifact.folder), model_id=artifact.spec, weights_sha256=artifact.sha256, images=str(images), labels=str(labels))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
