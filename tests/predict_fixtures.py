@@ -81,7 +81,7 @@ def tiny_model(folder: Path, size: int = 32, modality: str | None = "CT") -> Pat
     return save_model(build_model(cfg), folder)
 
 
-def dicom_series(folder: Path, stored: np.ndarray, affine: np.ndarray, modality: str = "CT", series: str = "1.2.826.0.1.3680043.2.1125.1") -> Path:
+def dicom_series(folder: Path, stored: np.ndarray, affine: np.ndarray, modality: str = "CT", series: str = "1.2.826.0.1.3680043.2.1125.1", prefix: str = "slice") -> Path:
     """Write ``stored`` (X, Y, Z, integer values) with RAS ``affine`` as a DICOM series, one file a
     slice, with SimpleITK (the geometry in LPS patient coordinates, as DICOM has it)."""
     import SimpleITK as sitk
@@ -105,6 +105,6 @@ def dicom_series(folder: Path, stored: np.ndarray, affine: np.ndarray, modality:
                            ("0020|0013", str(k + 1)), ("0008|0018", f"{series}.{k + 1}"), ("0018|0050", f"{spacing[2]:.6f}"),
                            ("0028|1052", "0"), ("0028|1053", "1")):
             sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
+        writer.SetFileName(str(folder / f"{prefix}{k:04d}.dcm"))
         writer.Execute(sl)
     return folder
