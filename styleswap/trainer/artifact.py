@@ -31,7 +31,7 @@ from styleswap.volumes.preprocess import Preprocessing
 #: TrainConfig fields that describe how a model was trained (paths and machine settings are not).
 RECIPE_KEYS = ("loss", "arch", "channels", "depth", "num_res_units", "steps", "batch_size", "lr", "lr_schedule",
                "warmup_steps", "intensity_aug", "weight_decay", "seed", "nce_weight", "nce_temperature", "nce_patches",
-               "nce_layers", "nce_mlp", "flip_prob", "rotate_deg", "scale", "split", "input_norm")
+               "nce_layers", "nce_mlp", "flip_prob", "rotate_deg", "scale", "split", "val_split", "input_norm")
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:

@@ -45,6 +45,7 @@ def seg(
     out: OutOpt,
     val: Annotated[Optional[Path], typer.Option(help="Validation dataset folder (source modality); best/ keeps the best mean Dice.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Use only shards of this split from --data.")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Use only shards of this split from --val, e.g. 'validation' (augment ingest --split val=0.2).")] = None,
     loss: Annotated[str, typer.Option(help="erm | dice | dice+infonce")] = "dice+infonce",
     arch: Annotated[str, typer.Option(help="unet (monai UNet) | basicunet")] = "unet",
     channels: Annotated[int, typer.Option("--channels", "--width", help="Width of the first level (doubles per level).")] = 16,
@@ -80,7 +81,7 @@ def seg(
     from styleswap.trainer.train import TrainConfig, train_segmentation
 
     cfg = TrainConfig(
-        data=[str(d) for d in data], out=str(out), val=str(val) if val else None, split=split, loss=loss, arch=arch,
+        data=[str(d) for d in data], out=str(out), val=str(val) if val else None, split=split, val_split=val_split, loss=loss, arch=arch,
         channels=channels, depth=depth, num_res_units=res_units, steps=steps, batch_size=batch_size, lr=lr,
         lr_schedule=lr_schedule, warmup_steps=warmup_steps, intensity_aug=intensity_aug, weight_decay=weight_decay, seed=seed, workers=workers, buffer_size=buffer_size, nce_weight=nce_weight,
         nce_temperature=nce_temperature, nce_patches=nce_patches, nce_layers=nce_layers, nce_mlp=nce_mlp,

@@ -64,6 +64,7 @@ class TrainConfig:
     out: str
     val: str | None = None
     split: str | None = None
+    val_split: str | None = None  # use only this split of --val (e.g. the 'validation' split of augment ingest --split)
     loss: str = "dice+infonce"
     arch: str = "unet"
     channels: int = 16
@@ -275,7 +276,9 @@ def train_segmentation(cfg: TrainConfig) -> dict[str, Any]:
         raise StyleSwapError("no --data folder given")
     infos = [open_dataset(d, split=cfg.split) for d in cfg.data]
     labels, size = infos[0].labels, infos[0].image_size
-    val_info = open_dataset(cfg.val) if cfg.val else None
+    val_info = open_dataset(cfg.val, split=cfg.val_split) if cfg.val else None
+    if val_info is not None and cfg.val_split and cfg.split is None and any(sh.split == cfg.val_split for i in infos for sh in i.shards):
+        raise StyleSwapError(f"--data holds the {cfg.val_split!r} split you validate on; train on the rest with --split train")
     if val_info is not None and val_info.labels != labels:
         raise StyleSwapError(f"{cfg.val}: labels {val_info.labels} differ from the training data's {labels}")
 
