@@ -12,23 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cli_util import augment, run_cli
+from cli_util import augment, ok, train
 from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.ingest import split_cases
 
 IDS = [f"case_{i:02d}" for i in range(10)]
-
-
-def train(args):
-    from styleswap.trainer.cli import main
-
-    return run_cli(main, [str(a) for a in args])
-
-
-def ok(result):
-    code, out, err = result
-    assert code == 0, (code, out, err)
-    return out
 
 
 def test_split_is_a_function_of_the_seed_and_the_case_ids():

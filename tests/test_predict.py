@@ -13,21 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cli_util import augment, run_cli
+from cli_util import augment, ok, train
 from predict_fixtures import dicom_series, phantom_volume, reorient, world_centroid
 from styleswap.trainer.artifact import sha256_file
-
-
-def train(args):
-    from styleswap.trainer.cli import main
-
-    return run_cli(main, [str(a) for a in args])
-
-
-def ok(result):
-    code, out, err = result
-    assert code == 0, (code, out, err)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -322,6 +322,11 @@ def evaluate_model(
     metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
     metrics["model"] = str(folder)
     metrics["data"] = str(Path(data_dir))
+    return write_metrics(metrics, overlays, out_dir)
+
+
+def write_metrics(metrics: dict[str, Any], overlays: dict[str, list], out_dir: str | Path) -> dict[str, Any]:
+    """``out_dir``/metrics.json, metrics.md and predictions.png (see `write_overlays`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -9,7 +9,6 @@ image's grid and hold the model's label ids. Metric conventions are those of `ev
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.artifact import open_model
-from styleswap.trainer.evaluate import class_counts, dice_from_counts, hd95_per_organ, metrics_markdown, summarize, write_overlays
+from styleswap.trainer.evaluate import class_counts, dice_from_counts, hd95_per_organ, summarize, write_metrics
 from styleswap.trainer.predict import segment_scan
 from styleswap.volumes import geometry
 from styleswap.volumes.io import NIFTI_ENDINGS, check_same_grid, make_label_map, read_nifti, read_voxels
@@ -77,12 +76,7 @@ def evaluate_raw(
     metrics = summarize(case_dice, artifact.organs, case_hd if hd95 else None)
     metrics.update(grid="native (each scan's own voxels)", tta=tta, largest_component=largest_component,
                    model=str(artifact.folder), model_id=artifact.spec, weights_sha256=artifact.sha256, images=str(images), labels=str(labels))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "metrics.md").write_text(metrics_markdown(metrics))
-    write_overlays(overlays, out / "predictions.png")
-    return metrics
+    return write_metrics(metrics, overlays, out)
 
 
 __all__ = ["evaluate_raw", "label_file"]
