@@ -113,3 +113,37 @@ def test_label_round_trip_on_real_scans(shared_data):
         others = [world_centroid(back, scan.affine, o)[0] for o in (SPLEEN, KIDNEY_L) if o in present]
         assert all(liver[0] > x for x in others), label_path.name  # patient's right = +x (RAS)
     assert {"LAS", "RAS", "LPS"} <= seen
+
+
+@pytest.mark.parametrize("modality, rule", [("CT", "percentile"), ("MRI", "standard")])
+def test_network_input_is_what_ingest_stores(tmp_path, modality, rule):
+    """Predict's forward on an LPS scan gives, slice for slice, the pixels `augment ingest` writes
+    for the same file (the model saw exactly those)."""
+    from styleswap.contract import to_unit_float
+    from styleswap.generator.sources.ingest import open_source
+    from styleswap.volumes.preprocess import Preprocessing, PreparedScan
+
+    image, label, ras = phantom_volume(modality, shape=(80, 64, 12), spacing=(3.0, 3.5, 6.0))
+    stored, affine = reorient(image, ras, "LPS")
+    stored_label, _ = reorient(label, ras, "LPS")
+    img_path, lab_path = save(stored, affine, tmp_path / "img.nii.gz"), save(stored_label, affine, tmp_path / "lab.nii.gz")
+    stream = open_source(f"{img_path}:{lab_path}", size=48, keep_empty=1.0, modality=modality, intensity_rule=rule)
+    ingested = {s.slice_index: to_unit_float(s.image) for s in stream.slices()}
+    prep = PreparedScan(np.asarray(nib.load(str(img_path)).dataobj), affine, Preprocessing(size=48, intensity=rule), modality, chunk=5)
+    got = {k: x[0].numpy() for k0, k1 in prep.chunks() for k, x in zip(range(k0, k1), prep.network_input(k0, k1))}
+    assert sorted(got) == sorted(ingested) == list(range(12))
+    for k in got:
+        assert np.array_equal(got[k], ingested[k]), k
+
+
+def test_zscore_input_uses_the_normalized_volume_statistics():
+    from styleswap.volumes.intensity import normalize_intensity, volume_stats
+    from styleswap.volumes.preprocess import Preprocessing, PreparedScan
+
+    image, _, ras = phantom_volume("MRI", shape=(40, 40, 8))
+    unit = PreparedScan(image, ras, Preprocessing(size=32), "MRI", chunk=3)
+    z = PreparedScan(image, ras, Preprocessing(size=32, input_norm="zscore"), "MRI", chunk=3)
+    want = volume_stats(normalize_intensity(image, "MRI")[0])
+    assert z.stats["mean"] == pytest.approx(want["mean"], abs=1e-9) and z.stats["std"] == pytest.approx(want["std"], abs=1e-9)
+    expected = (unit.network_input(0, 3).numpy() - want["mean"]) / want["std"]
+    assert np.allclose(z.network_input(0, 3).numpy(), expected, atol=1e-5)
