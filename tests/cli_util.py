@@ -27,3 +27,16 @@ def augment(args: list[str]) -> tuple[int, str, str]:
     from styleswap.generator.cli import main
 
     return run_cli(main, args)
+
+
+def train(args: list) -> tuple[int, str, str]:
+    from styleswap.trainer.cli import main
+
+    return run_cli(main, [str(a) for a in args])
+
+
+def ok(result: tuple[int, str, str]) -> str:
+    """stdout of a command that must succeed (the assertion shows its output otherwise)."""
+    code, out, err = result
+    assert code == 0, (code, out, err)
+    return out

@@ -15,7 +15,7 @@ from PIL import Image
 from styleswap.contract import DEFAULT_LABELS
 from styleswap.generator.sources.base import Volume
 from styleswap.generator.sources.ingest import open_source
-from styleswap.generator.sources.intensity import normalize_intensity
+from styleswap.volumes.intensity import normalize_intensity
 from styleswap.generator.sources.slicing import resize_stack, select_slices
 
 TS_LABELS = "liver=5,spleen=1,kidney_right=2,kidney_left=3"

@@ -68,7 +68,7 @@ class FakeApi:
 @pytest.fixture
 def fake_api(monkeypatch) -> FakeApi:
     api = FakeApi()
-    monkeypatch.setattr(push, "_default_api", lambda: api)
+    monkeypatch.setattr("styleswap.hub_publish.default_api", lambda: api)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     return api
 
@@ -192,7 +192,7 @@ def test_hub_errors_become_one_line(licensed, monkeypatch):
         def create_repo(self, repo_id, **kw):
             raise RuntimeError("401 Unauthorized\nsecond line")
 
-    monkeypatch.setattr(push, "_default_api", lambda: Failing())
+    monkeypatch.setattr("styleswap.hub_publish.default_api", lambda: Failing())
     monkeypatch.setattr(push.card, "write_card", lambda *a, **k: pytest.fail("card written after a failed push"))
     code, _, err = augment(["push", str(licensed), "--repo-id", "alice/x"])
     assert code == 2 and err == "error: push to alice/x failed: RuntimeError: 401 Unauthorized\n"

@@ -64,6 +64,7 @@ class BuildConfig:
     keep_empty: float = 0.1
     modality: str | None = None
     intensity: str = "percentile"
+    split: str | None = None  # e.g. "val=0.2": whole cases to the validation split (see sources.ingest.split_cases)
     # dataset card
     license: str | None = None
     description: str | None = None
@@ -107,7 +108,7 @@ def open_slices(cfg: BuildConfig) -> tuple[dict[str, Any], Iterator[SourceSlice]
 
     stream = open_source(
         src, labels=cfg.labels, size=cfg.size, keep_empty=cfg.keep_empty, modality=cfg.modality, seed=cfg.seed,
-        intensity_rule=cfg.intensity,
+        intensity_rule=cfg.intensity, split=cfg.split,
     )
     return stream.info, stream.slices()
 
@@ -117,7 +118,7 @@ def ingested_source(cfg: BuildConfig) -> Path:
     src = cfg.source
     if isinstance(src, str) and (Path(src) / contract.MANIFEST_NAME).exists():
         return Path(src)
-    spec = {k: getattr(cfg, k) for k in ("source", "labels", "size", "keep_empty", "modality", "seed", "intensity")}
+    spec = {k: getattr(cfg, k) for k in ("source", "labels", "size", "keep_empty", "modality", "seed", "intensity", "split")}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cfg.cache_dir) / f"source-{key}"
     if not (folder / contract.MANIFEST_NAME).exists():

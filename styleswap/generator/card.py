@@ -7,16 +7,13 @@ without touching the folder; `write_card` writes it next to the shards.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from styleswap import contract
-
-#: Hub license ids are lowercase SPDX-like identifiers ("cc-by-4.0", "apache-2.0", "other").
-LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+from styleswap.hub_publish import LICENSE_RE  # the Hub's license-id rule, shared with train push
 
 
 def size_category(n: int) -> str:

@@ -35,6 +35,7 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Shard format
 RowsOpt = Annotated[Optional[int], typer.Option(help="Rows (source slices) per shard. (default: 256)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Build seed; every copy's seed derives from it, the sample id and the copy index. (default: 0)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset of this tool in --out.")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Hold whole cases out as the 'validation' split, chosen by --seed: val=0.2 (a fraction of the cases), val=3 (a number) or val=CASE,CASE. Train on the rest with 'train seg --split train', validate with '--val DIR --val-split validation'.")]
 PreviewOpt = Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")]
 
 
@@ -54,6 +55,7 @@ def ingest(
     fmt: FormatOpt = None,
     rows_per_shard: RowsOpt = None,
     seed: SeedOpt = None,
+    split: SplitOpt = None,
     overwrite: OverwriteOpt = False,
     preview: PreviewOpt = True,
 ) -> None:
@@ -69,7 +71,7 @@ def ingest(
     cfg = make_config(
         {"source": src, "engine": "none", "copies": 0},
         _flags(out=str(out), labels=labels, size=size, keep_empty=keep_empty, modality=modality, intensity=intensity, format=fmt,
-               rows_per_shard=rows_per_shard, seed=seed, overwrite=overwrite, preview=preview),
+               rows_per_shard=rows_per_shard, seed=seed, split=split, overwrite=overwrite, preview=preview),
     )
     manifest = run_build(cfg, command=command_line())
     _summary(out, manifest)

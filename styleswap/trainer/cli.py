@@ -2,6 +2,9 @@
 
     train seg  --data DIR [--data DIR2] [--val DIR] --out runs/NAME [options]
     train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta] [--largest-component]
+    train eval --model runs/NAME --images DIR --labels DIR --out DIR      (raw volumes, native grid)
+    train predict --model runs/NAME INPUT... --out DIR [--tta] [--largest-component] [--save-probabilities]
+    train push runs/NAME --repo-id NAMESPACE/NAME [--dry-run]
 
 Known errors (`StyleSwapError`) become one line ``error: ...`` on stderr and exit code 2.
 """
@@ -80,8 +83,11 @@ app.command("seg")(_errors_to_exit(seg))
 @_errors_to_exit
 def eval_(
     model: Annotated[Path, typer.Option("--model", help="Run folder (best/ or final/ is used) or a model folder.")],
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder to evaluate on.")],
     out: OutOpt,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder to evaluate on.")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Instead of --data: raw scans (NIfTI files, nnU-Net imagesTs/imagesTr, DICOM series folders), scored in their own voxel grid.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="With --images: folder of CASE.nii.gz label volumes (the model's label ids).")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="With --images: modality of the scans (CT or MRI), as for train predict.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Use only shards of this split.")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="Also compute HD95 (mm).")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction.")] = False,
@@ -89,9 +95,21 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
 ) -> None:
-    """Per-organ 3D Dice (and HD95) per case: metrics.json, metrics.md, predictions.png."""
+    """Per-organ 3D Dice (and HD95) per case: metrics.json, metrics.md, predictions.png.
+
+    --data scores a dataset folder's slices; --images/--labels scores raw volumes in their own grid.
+    """
     from styleswap.trainer.evaluate import evaluate_model, metrics_markdown
 
+    if (images is None) != (labels is None) or (images is None) == (data is None):
+        raise StyleSwapError("give either --data DIR (a dataset folder) or --images DIR --labels DIR (raw volumes)")
+    if images is not None:
+        from styleswap.trainer.raw_eval import evaluate_raw
+
+        metrics = evaluate_raw(model, images, labels, out, tta=tta, largest_component=largest_component, hd95=hd95,
+                               modality=modality, batch_size=batch_size, device=device)
+        typer.echo(metrics_markdown(metrics))
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
@@ -99,6 +117,67 @@ def eval_(
         if w.category is UserWarning and "styleswap" in str(w.filename):  # ours; not the libraries' deprecations
             typer.echo(f"warning: {w.message}", err=True)
     typer.echo(metrics_markdown(metrics))
+
+
+@app.command("predict")
+@_errors_to_exit
+def predict_(
+    inputs: Annotated[list[str], typer.Argument(help="NIfTI files (.nii, .nii.gz), folders of them, an nnU-Net raw folder (imagesTs/ or imagesTr/, CASE_0000.nii.gz) or DICOM series folders.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", help="Run folder (best/, then final/), best/, final/, checkpoints/step-N, a model folder, or hf://NAMESPACE/NAME.")],
+    out: OutOpt,
+    tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction (left/right labels swapped).")] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component.")] = False,
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write CASE_probabilities.nii.gz: one volume per class, probabilities in [0, 1] (8-bit).")] = False,
+    modality: Annotated[Optional[str], typer.Option(help="Modality of the scans (CT or MRI), which decides intensity normalization. Default: the DICOM tag or dataset.json, else the model's training modality.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Segment new scans: OUT/CASE.nii.gz in each scan's own geometry, predictions.json, predictions.png.
+
+    Each output has exactly the input's shape, affine, qform/sform codes and voxel grid, so it
+    overlays the scan in 3D Slicer or ITK-SNAP. Preprocessing is the model's, as recorded in its
+    config.json (the same code as augment ingest), inverted exactly on the way back.
+    """
+    from styleswap.trainer.predict import predict
+
+    summary = predict(model, inputs, out, tta=tta, largest_component=largest_component, save_probabilities=save_probabilities,
+                      modality=modality, batch_size=batch_size, device=device, progress=progress)
+    t = summary["timing"]
+    for case, c in summary["cases"].items():
+        vols = ", ".join(f"{k} {v:.1f} mL" for k, v in c["volumes_ml"].items())
+        typer.echo(f"{case}: {out / c['outputs'][0]} ({vols})")
+    typer.echo(f"{len(summary['cases'])} case(s), {t['slices']} slices in {t['total_s']:.1f} s -> {out / 'predictions.json'}")
+
+
+@app.command("push")
+@_errors_to_exit
+def push_(
+    model: Annotated[str, typer.Argument(help="Run folder (best/, then final/), best/, final/, checkpoints/step-N or a model folder.", show_default=False)],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub model repo, NAMESPACE/NAME.")],
+    license: Annotated[Optional[str], typer.Option(help="Hub license id of the model (e.g. cc-by-nc-4.0, apache-2.0, other); required.")] = None,
+    evaluation: Annotated[Optional[Path], typer.Option("--eval", help="A train eval output (folder or metrics.json) for the card's Dice table. Default: the newest one in the run folder that evaluated this model.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private (ignored if it exists).")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created if missing). Default: main.")] = None,
+    message: Annotated[Optional[str], typer.Option(help="Commit message.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and print the card; send nothing.")] = False,
+) -> None:
+    """Publish a model folder (config.json, model.safetensors, a model card) to the Hugging Face Hub.
+
+    The token comes from HF_TOKEN or 'hf auth login' and is never printed or stored.
+    """
+    from styleswap.hub_publish import format_ops
+    from styleswap.trainer.publish import prepare_model_push, push_model
+
+    if dry_run:
+        pp = prepare_model_push(model, repo_id, license, evaluation)
+        for line in format_ops(pp.ops):
+            typer.echo(line)
+        typer.echo(pp.card)
+        typer.echo(f"dry run: {len(pp.ops)} files would be sent to {repo_id}; nothing was sent")
+        return
+    ops = push_model(model, repo_id, license=license, evaluation=evaluation, private=private, revision=revision, message=message)
+    typer.echo(f"pushed {len(ops)} files to https://huggingface.co/{repo_id}")
 
 
 def main() -> None:

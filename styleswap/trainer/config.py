@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from styleswap.errors import StyleSwapError
+from styleswap.volumes.intensity import INPUT_NORMS  # the neutral layer owns what a network reads
 
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
 LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
-INPUT_NORMS = ("unit", "zscore")
 ARCHS = ("unet", "basicunet", "effb2")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -41,6 +41,8 @@ class TrainConfig:
     out: str = option(REQUIRED, "Run folder to write: new, empty, or a run of this tool (see --resume, --overwrite).", "--out", metavar="DIR")
     val: str | None = option(None, "Validation dataset folder (source modality): best/ keeps the best mean Dice; the target modality is never used to choose.", metavar="DIR")
     split: str | None = option(None, "Use only shards of this split from --data.")
+    val_split: str | None = option(None, "Use only this split of --val (e.g. the 'validation' split that "
+                                   "'augment ingest --split' writes).")
     # method and network
     loss: str = option("dice+infonce", "Training method: erm (originals only) | dice (Dice+CE on original and copy) | "
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "

@@ -104,8 +104,8 @@ def _num(x: float) -> float | None:
 
 
 @torch.no_grad()
-def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 1, H, W) images -> (B, H, W) label ids.
+def predict_probs(model: SegNet, images: torch.Tensor, tta: bool = False, swap: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, H, W) images -> (B, C, H, W) softmax probabilities.
 
     ``tta`` averages the softmax of the image and of its horizontal mirror (flipped back, with
     left/right channels swapped by ``swap``, see `lateral_permutation`). No vertical flip: the
@@ -116,8 +116,14 @@ def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap:
         flipped = torch.softmax(model(images.flip(-1)).float(), dim=1).flip(-1)
         if swap is not None:
             flipped = flipped[:, swap.to(flipped.device)]
-        probs = probs + flipped
-    return probs.argmax(dim=1)
+        probs = (probs + flipped) / 2  # halving is exact: the argmax is that of the sum
+    return probs
+
+
+@torch.no_grad()
+def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, H, W) images -> (B, H, W) label ids: the argmax of `predict_probs`."""
+    return predict_probs(model, images, tta, swap).argmax(dim=1)
 
 
 def keep_largest_component(volume: np.ndarray, num_classes: int) -> np.ndarray:
@@ -224,25 +230,31 @@ def _stack(items: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[list[int], 
 
 
 def _hd95(stacked: dict[str, tuple], spacing: dict[str, list[float]], ncls: int) -> dict[str, np.ndarray]:
+    out = {}
+    for case, (_, pred_v, gt_v) in stacked.items():
+        row, col, thick = spacing[case]
+        out[case] = hd95_per_organ(pred_v, gt_v, ncls, [thick, row, col])
+    return out
+
+
+def hd95_per_organ(pred_v: np.ndarray, gt_v: np.ndarray, ncls: int, spacing: list[float]) -> np.ndarray:
+    """HD95 in mm of each organ (ids 1..C-1) between two 3D label volumes; ``spacing`` per array
+    axis. NaN where the organ is missing from either side."""
     from monai.metrics import compute_hausdorff_distance
     from monai.networks.utils import one_hot
 
-    out = {}
-    for case, (_, pred_v, gt_v) in stacked.items():
-        pred = torch.from_numpy(pred_v).long()[None, None]  # (1, 1, D, H, W)
-        gt = torch.from_numpy(gt_v).long()[None, None]
-        row, col, thick = spacing[case]
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # empty-organ and MONAI deprecation warnings: handled below
-            hd = compute_hausdorff_distance(
-                one_hot(pred, ncls), one_hot(gt, ncls), include_background=False, percentile=95, spacing=[thick, row, col]
-            )
-        vals = hd[0].double().numpy()
-        pres_p = np.array([(pred == k).any().item() for k in range(1, ncls)])
-        pres_g = np.array([(gt == k).any().item() for k in range(1, ncls)])
-        vals[~(pres_p & pres_g)] = np.nan  # undefined when either side is empty
-        out[case] = vals
-    return out
+    pred = torch.from_numpy(np.ascontiguousarray(pred_v)).long()[None, None]  # (1, 1, D, H, W)
+    gt = torch.from_numpy(np.ascontiguousarray(gt_v)).long()[None, None]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty-organ and MONAI deprecation warnings: handled below
+        hd = compute_hausdorff_distance(
+            one_hot(pred, ncls), one_hot(gt, ncls), include_background=False, percentile=95, spacing=list(spacing)
+        )
+    vals = hd[0].double().numpy()
+    pres_p = np.array([(pred == k).any().item() for k in range(1, ncls)])
+    pres_g = np.array([(gt == k).any().item() for k in range(1, ncls)])
+    vals[~(pres_p & pres_g)] = np.nan  # undefined when either side is empty
+    return vals
 
 
 def colorize(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -330,6 +342,12 @@ def evaluate_model(
     metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
     metrics["model"] = str(folder)
     metrics["data"] = str(Path(data_dir))
+    return write_metrics(metrics, overlays, out)
+
+
+def write_metrics(metrics: dict[str, Any], overlays: dict[str, list], out_dir: str | Path) -> dict[str, Any]:
+    """``out_dir``/metrics.json, metrics.md and predictions.png (see `write_overlays`)."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "metrics.md").write_text(metrics_markdown(metrics))

@@ -38,6 +38,7 @@ from torch import nn
 from styleswap.errors import StyleSwapError
 
 from styleswap.trainer.config import ARCHS, INPUT_NORMS  # declared once, with the options
+from styleswap.volumes.intensity import ZSCORE_MIN_STD
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -142,7 +143,7 @@ def normalize_input(x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Te
     if mode != "zscore":
         raise StyleSwapError(f"unknown input_norm {mode!r} (choose from {', '.join(INPUT_NORMS)})")
     stats = stats.to(x.device, x.dtype)
-    return (x - stats[:, :1, None, None]) / stats[:, 1:, None, None].clamp_min(1e-6)
+    return (x - stats[:, :1, None, None]) / stats[:, 1:, None, None].clamp_min(ZSCORE_MIN_STD)
 
 
 def build_model(config: dict[str, Any]) -> SegNet:

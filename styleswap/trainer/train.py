@@ -42,6 +42,7 @@ from styleswap import checkpoints
 from styleswap.errors import StyleSwapError
 from styleswap.safe_state import kill_point, load_optimizer, save_optimizer
 from styleswap.trainer import runs
+from styleswap.trainer.artifact import describe_training
 from styleswap.trainer.augment import build_augmenter
 from styleswap.trainer.config import LOSSES, TrainConfig
 from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
@@ -139,7 +140,9 @@ def _setup(cfg: TrainConfig) -> _Run:
     method = METHODS[cfg.loss]
     infos = [open_dataset(d, split=cfg.split) for d in cfg.data]
     labels, size = infos[0].labels, infos[0].image_size
-    val_info = open_dataset(cfg.val) if cfg.val else None
+    val_info = open_dataset(cfg.val, split=cfg.val_split) if cfg.val else None
+    if val_info is not None and cfg.val_split and cfg.split is None and any(sh.split == cfg.val_split for i in infos for sh in i.shards):
+        raise StyleSwapError(f"--data holds the {cfg.val_split!r} split you validate on; train on the rest with --split train")
     if val_info is not None and val_info.labels != labels:
         raise StyleSwapError(f"{cfg.val}: labels {val_info.labels} differ from the training data's {labels}")
     if method.copies:
@@ -161,6 +164,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     mcfg = default_config(len(labels), cfg.arch, cfg.channels, cfg.depth, num_res_units=cfg.num_res_units, labels=labels,
                           image_size=list(size), input_norm=cfg.input_norm, modality=infos[0].modality or None)  # fmt: skip
+    mcfg.update(describe_training(infos, cfg))  # preprocessing, data ids and hashes, recipe: the artifact's keys
     net = SegNet(mcfg)
     if size[0] % net.divisor or size[1] % net.divisor:
         raise StyleSwapError(f"image size {size} must be divisible by {net.divisor} for --arch {cfg.arch} --depth {cfg.depth}")

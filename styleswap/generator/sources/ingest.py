@@ -8,16 +8,20 @@ evaluation data (``augment ingest``) both come through here, so they are preproc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from styleswap.contract import DEFAULT_LABELS
 from styleswap.errors import StyleSwapError
-from styleswap.generator.sources import intensity, pngs, slicing
+from styleswap.generator.sources import pngs, slicing
 from styleswap.generator.sources.base import SourceSlice, Volume
-from styleswap.generator.sources.layouts import Layout, detect_layout, normalize_modality
-from styleswap.generator.sources.volumes import LabelMap, load_case, make_label_map
+from styleswap.generator.sources.layouts import CaseRef, Layout, detect_layout, normalize_modality
+from styleswap.volumes import intensity
+from styleswap.volumes.geometry import voxel_sizes
+from styleswap.volumes.io import LabelMap, canonical_voxels, check_finite, check_same_grid, make_label_map, read_nifti
 
 
 @dataclass
@@ -44,11 +48,13 @@ def open_source(
     seed: int = 0,
     project_labels: dict[str, int] = DEFAULT_LABELS,
     intensity_rule: str = "percentile",
+    split: str | None = None,
 ) -> SourceStream:
     """Recognise ``source`` (phantom[:N], nnU-Net raw or MSD folder, ``IMAGE:LABEL`` NIfTI pairs,
     PNG folder), validate the arguments, and return a stream of preprocessed slices.
 
-    ``intensity_rule``: ``percentile`` or ``standard`` (see `intensity`)."""
+    ``intensity_rule``: ``percentile`` or ``standard`` (see `intensity`). ``split`` moves some
+    training cases to the ``validation`` split (see `split_cases`)."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
         raise StyleSwapError(f"--size must be an integer >= 8, got {size!r}")
     if intensity_rule not in intensity.RULES:
@@ -58,6 +64,9 @@ def open_source(
     layout = detect_layout(source)
     label_map = make_label_map(labels, layout.dataset_labels, project_labels, layout.dataset_json)
     mod = _resolve_modality(layout, modality)
+    validation = split_cases(_case_ids(layout), split, int(seed)) if split else []
+    if validation:
+        layout.cases = [replace(c, split="validation") if c.case_id in validation else c for c in layout.cases]
 
     per_case: dict[str, dict] = {}
     info = {
@@ -80,8 +89,11 @@ def open_source(
         "keep_empty": float(keep_empty),
         "seed": int(seed),
         "num_cases": layout.num_phantom if layout.kind == "phantom" else len(layout.cases),
-        "splits": _split_counts(layout),
+        "splits": _split_counts(layout, validation),
     }
+    if split:
+        info["validation_split"] = {"rule": split, "seed": int(seed), "cases": validation,
+                                    "note": "whole cases, chosen from the training cases by the seed"}
     if layout.kind == "png":
         info["spacing_note"] = "PNG has no geometry: spacing unknown, recorded as (1.0, 1.0, 1.0)"
 
@@ -97,6 +109,8 @@ def open_source(
                 )
             return
         for volume in _volumes(layout, label_map, mod, int(seed)):
+            if volume.case_id in validation:  # phantoms have no CaseRef to carry it
+                volume.split = "validation"
             yield from _volume_slices(volume, per_case, intensity_rule, **common)
 
     return SourceStream(info=info, _produce=produce)
@@ -126,6 +140,31 @@ def _volumes(layout: Layout, label_map: LabelMap, modality: str, seed: int) -> I
         yield load_case(case, label_map, modality)
 
 
+def load_case(case: CaseRef, label_map: LabelMap, modality: str) -> Volume:
+    """Read, validate, reorient to RAS+ (image and label identically) and remap one case."""
+    if case.label is None:
+        raise StyleSwapError(f"{case.image}: missing label file")
+    img = read_nifti(case.image)
+    lab = read_nifti(case.label)
+    check_same_grid(img, lab, case.image, case.label)
+    image, affine = canonical_voxels(img, case.image)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    check_finite(image, case.image)
+    label = label_map.apply(canonical_voxels(lab, case.label)[0], case.label)
+    spacing = voxel_sizes(affine)
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise StyleSwapError(f"{case.image}: voxel spacing {spacing} must be positive")
+    return Volume(
+        case_id=case.case_id,
+        image=image,
+        label=np.ascontiguousarray(label),
+        spacing=spacing,
+        modality=modality,
+        split=case.split,
+        path=str(case.image),
+    )
+
+
 def _resolve_modality(layout: Layout, modality: str | None) -> str:
     if layout.kind == "phantom":  # the phantom's modality is part of its name
         return layout.modality or "CT"
@@ -142,9 +181,49 @@ def _resolve_modality(layout: Layout, modality: str | None) -> str:
     raise StyleSwapError(f"{where}; pass --modality CT or --modality MRI")
 
 
-def _split_counts(layout: Layout) -> dict[str, int]:
+def _case_ids(layout: Layout) -> list[str]:
+    """The training cases' ids, before any is read."""
     if layout.kind == "phantom":
-        return {"train": layout.num_phantom}
+        from styleswap.generator.sources.phantom import phantom_case_id
+
+        return [phantom_case_id(i, layout.modality or "CT") for i in range(layout.num_phantom)]
+    return [c.case_id for c in layout.cases if c.split == "train"]
+
+
+def split_cases(case_ids: list[str], spec: str, seed: int) -> list[str]:
+    """The cases ``--split`` moves to ``validation``, sorted: ``val=0.2`` (that fraction of the
+    training cases, rounded, at least one), ``val=3`` (that many) or ``val=ID,ID,...`` (those).
+    Chosen by a generator seeded from the build seed alone, so the same seed gives the same split."""
+    name, sep, value = str(spec).partition("=")
+    if not sep or name.strip() not in ("val", "validation") or not value.strip():
+        raise StyleSwapError(f"--split {spec!r}: expected val=FRACTION (e.g. val=0.2), val=N or val=CASE,CASE,...")
+    value, ids = value.strip(), sorted(case_ids)
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None:
+        chosen = sorted({v.strip() for v in value.split(",") if v.strip()})
+        unknown = [c for c in chosen if c not in ids]
+        if unknown:
+            raise StyleSwapError(f"--split: case(s) {', '.join(unknown)} are not training cases of the source ({len(ids)} cases)")
+        k = len(chosen)
+    else:
+        k = int(number) if number >= 1 and number == int(number) else round(number * len(ids)) if 0 < number < 1 else -1
+        if k < 0:
+            raise StyleSwapError(f"--split {spec!r}: a fraction must be in (0, 1) and a count a whole number >= 1")
+        k = max(k, 1)
+        picked = slicing.case_rng(seed, "\x00validation split").choice(len(ids), size=min(k, len(ids)), replace=False)
+        chosen = sorted(ids[i] for i in picked)
+    if k >= len(ids):
+        raise StyleSwapError(f"--split {spec!r}: {k} validation case(s) of {len(ids)} leaves no training case")
+    return chosen
+
+
+def _split_counts(layout: Layout, validation: list[str]) -> dict[str, int]:
+    if layout.kind == "phantom":
+        counts = {"train": layout.num_phantom - len(validation)}
+        return {**counts, "validation": len(validation)} if validation else counts
     counts: dict[str, int] = {}
     for case in layout.cases:
         counts[case.split] = counts.get(case.split, 0) + 1

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from styleswap.errors import StyleSwapError
+from styleswap.volumes.io import NIFTI_ENDINGS, normalize_modality, strip_nifti
+
+__all__ = ["CaseRef", "Layout", "detect_layout", "normalize_modality", "strip_nifti", "NIFTI_ENDINGS", "TRIED"]
 
 TRIED = (
     "nnU-Net raw (dataset.json + imagesTr/labelsTr), MSD (dataset.json with a 'training' list), "
     "NIfTI image:label pairs, PNG folder (images/ + masks/), phantom"
 )
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 DEFAULT_PHANTOM_CASES = 8
 
 _PAIR_RE = re.compile(r"^(?P<image>.+?\.nii(?:\.gz)?):(?P<label>.+\.nii(?:\.gz)?)$", re.IGNORECASE)
@@ -55,23 +57,6 @@ class Layout:
     dataset_json: Path | None = None
     num_phantom: int = 0
     png_slices: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # case -> [(k, file)]
-
-
-def normalize_modality(name: str) -> str | None:
-    """``CT`` -> CT; MR, MRI, T1, T2, FLAIR, ... -> MRI; anything else -> None (unknown)."""
-    s = str(name).strip().upper()
-    if s.startswith("CT"):
-        return "CT"
-    if s.startswith(("MR", "T1", "T2", "FLAIR", "DWI", "ADC", "PD")):
-        return "MRI"
-    return None
-
-
-def strip_nifti(name: str) -> str:
-    for ending in NIFTI_ENDINGS:
-        if name.lower().endswith(ending):
-            return name[: -len(ending)]
-    return name
 
 
 def detect_layout(source: str | list[str]) -> Layout:

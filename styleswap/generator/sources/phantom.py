@@ -134,9 +134,9 @@ def make_case(
         # Receive-coil shading: a smooth multiplicative bias across the field of view.
         bias = 1.0 + 0.25 * np.sin(x / 90.0 + jitter(0, 6.3)) * np.cos(y / 110.0 + jitter(0, 6.3))
         image = np.clip(image * bias.astype(np.float32), 0, None)
-    prefix = "phantom" if modality == "CT" else "phantom_mri"
+    prefix = _prefix(modality)
     return Volume(
-        case_id=f"{prefix}_{index:03d}",
+        case_id=phantom_case_id(index, modality),
         image=image.astype(np.float32, copy=False),
         label=label,
         spacing=(float(sx), float(sy), float(sz)),
@@ -144,6 +144,14 @@ def make_case(
         split="train",
         path=f"{prefix}(seed={seed}, case={index})",
     )
+
+
+def _prefix(modality: str) -> str:
+    return "phantom" if modality == "CT" else "phantom_mri"
+
+
+def phantom_case_id(index: int, modality: str = "CT") -> str:
+    return f"{_prefix(modality)}_{index:03d}"
 
 
 def generate_cases(

@@ -17,9 +17,9 @@ from PIL import Image, UnidentifiedImageError
 
 from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.base import SourceSlice
-from styleswap.generator.sources.intensity import normalize_intensity, volume_stats
+from styleswap.volumes.intensity import normalize_intensity, volume_stats
 from styleswap.generator.sources.slicing import emit_slices, select_slices
-from styleswap.generator.sources.volumes import LabelMap, check_memory
+from styleswap.volumes.io import LabelMap, check_memory
 
 UNKNOWN_SPACING = (1.0, 1.0, 1.0)
 RULE = "8-bit images as stored (x / 255); 16-bit/float images: per-case percentiles 0.5..99.5"

@@ -1,26 +1,9 @@
 """Axial slices of a canonical volume, displayed one fixed way, padded square and resized.
 
-Orientation (the one convention every slice in every dataset follows)
-----------------------------------------------------------------------
-Volumes arrive in nibabel's canonical RAS+ orientation: array axis 0 (X) increases towards the
-patient's Right, axis 1 (Y) towards Anterior, axis 2 (Z) towards Superior. Axial slice ``k`` is
-``vol[:, :, k]`` and is displayed the radiological way::
-
-    slice2d = vol[::-1, ::-1, k].T
-
-so rows run anterior (top) -> posterior (bottom) and columns run from the patient's right (image
-LEFT) to the patient's left (image right), as a radiologist looks at the patient from the feet.
-The liver (patient's right) is therefore in the left half of the image, the spleen in the right
-half, the spine at the bottom, for CT and MRI alike and whatever the on-disk orientation was.
-``slice_index`` is ``k`` in the canonical volume (inferior -> superior).
-
-Geometry
---------
-Each kept slice is padded to a square (centered; image with the volume's minimum, mask with 0),
-then resized to ``size`` x ``size``: the image with antialiased bilinear interpolation, the mask
-with nearest neighbour only (label ids must never be blended). All kept slices of a volume are
-resized in one batched call. The recorded spacing is (row spacing, column spacing, slice
-thickness) in mm after padding and resizing: in-plane spacing * padded extent / size.
+The geometry (RAS+ orientation, the radiological display of axial slices, pad to square, resize)
+lives in the neutral `styleswap.volumes.geometry`, where `train predict` finds the same code and
+its exact inverse. The recorded spacing is (row spacing, column spacing, slice thickness) in mm
+after padding and resizing: in-plane spacing * padded extent / size.
 
 Slice selection
 ---------------
@@ -34,26 +17,15 @@ import hashlib
 from typing import Iterator
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from styleswap.contract import from_unit_float, sample_id
 from styleswap.generator.sources.base import SourceSlice
+from styleswap.volumes.geometry import ORIENTATION, display_slices, pad_to_square, resize_stack
 
-ORIENTATION = {
-    "canonical": "RAS+ (nibabel.as_closest_canonical)",
-    "slice": "axial slice k = vol[:, :, k], displayed as vol[::-1, ::-1, k].T",
-    "rows": "anterior (top) -> posterior (bottom)",
-    "columns": "patient right (image left) -> patient left (image right)",
-    "slice_index": "k in the canonical volume, inferior -> superior",
-}
+__all__ = ["ORIENTATION", "CHUNK", "case_rng", "select_slices", "emit_slices", "slice_volume", "display_slices", "pad_to_square", "resize_stack"]
+
 #: Slices resized per torch call; bounds memory for very long volumes while still batching.
 CHUNK = 64
-
-
-def display_slices(volume: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) RAS+ volume -> (N, rows, cols) display slices at ``indices`` (see module doc)."""
-    return np.ascontiguousarray(volume[::-1, ::-1, indices].transpose(2, 1, 0))
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -69,29 +41,6 @@ def select_slices(has_foreground: np.ndarray, keep_empty: float, seed: int, case
     n_keep = int(round(float(keep_empty) * len(empty)))
     chosen = case_rng(seed, case_id).choice(empty, size=n_keep, replace=False) if n_keep else empty[:0]
     return np.sort(np.concatenate([np.flatnonzero(has_foreground), chosen])).astype(np.int64)
-
-
-def pad_to_square(stack: np.ndarray, fill: float | int) -> np.ndarray:
-    """(N, H, W) -> (N, P, P), P = max(H, W), the content centered."""
-    _, h, w = stack.shape
-    p = max(h, w)
-    top, left = (p - h) // 2, (p - w) // 2
-    if p == h and p == w:
-        return stack
-    return np.pad(stack, ((0, 0), (top, p - h - top), (left, p - w - left)), constant_values=fill)
-
-
-def resize_stack(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Square (N, P, P) float images and uint8 masks -> (N, size, size); one batched call each."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images, masks
-    with torch.no_grad():
-        img = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-        img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        # Float32 holds every uint8 id exactly, and nearest-exact only copies values: no blending.
-        msk = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
-        msk = F.interpolate(msk, size=(size, size), mode="nearest-exact")
-    return img[:, 0].clamp_(0.0, 1.0).numpy(), msk[:, 0].round_().numpy().astype(np.uint8)
 
 
 def emit_slices(

@@ -48,7 +48,7 @@ def describe_rule(
     return rule
 
 
-def normalize_intensity(
+def intensity_range(
     image: np.ndarray,
     modality: str,
     *,
@@ -56,15 +56,13 @@ def normalize_intensity(
     hu_threshold: float = HU_THRESHOLD,
     percentiles: tuple[float, float] = PERCENTILES,
     rule: str = "percentile",
-) -> tuple[np.ndarray, dict]:
-    """``image`` (any shape, finite) -> (float32 in [0, 1], JSON description of what was done).
+) -> tuple[float, float, dict]:
+    """The intensities ``(lo, hi)`` that map to 0 and 1 for this volume, and their JSON description.
 
-    ``window`` is (level, width) in HU; None disables HU windowing (percentiles for every volume).
-    ``rule``: ``percentile`` or ``standard`` (see the module docstring).
+    ``image`` is the whole volume (any numeric dtype, finite); see `normalize_intensity`.
     """
     if rule not in RULES:
         raise ValueError(f"unknown intensity rule {rule!r} (choose from {', '.join(RULES)})")
-    image = np.asarray(image, dtype=np.float32)
     vmin = float(image.min())
     if modality == "CT" and window is not None and vmin <= hu_threshold:
         level, width = window
@@ -81,11 +79,44 @@ def normalize_intensity(
         desc = {"method": "percentiles", "percentiles": list(percentiles), "range": [lo, hi]}
     if hi <= lo:  # a constant volume: nothing to show, map it to black rather than dividing by 0
         desc["constant"] = True
-        return np.zeros_like(image, dtype=np.float32), desc
-    out = np.clip(image, lo, hi)
+    return lo, hi, desc
+
+
+def apply_range(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Clip ``image`` (any part of a volume) to [lo, hi] and map it linearly to float32 [0, 1]."""
+    if hi <= lo:
+        return np.zeros(np.shape(image), dtype=np.float32)
+    out = np.clip(np.asarray(image, dtype=np.float32), lo, hi)
     out -= np.float32(lo)
     out *= np.float32(1.0 / (hi - lo))
-    return out.astype(np.float32, copy=False), desc
+    return out.astype(np.float32, copy=False)
+
+
+def normalize_intensity(
+    image: np.ndarray,
+    modality: str,
+    *,
+    window: tuple[float, float] | None = ABDOMEN_WINDOW,
+    hu_threshold: float = HU_THRESHOLD,
+    percentiles: tuple[float, float] = PERCENTILES,
+    rule: str = "percentile",
+) -> tuple[np.ndarray, dict]:
+    """``image`` (any shape, finite) -> (float32 in [0, 1], JSON description of what was done).
+
+    ``window`` is (level, width) in HU; None disables HU windowing (percentiles for every volume).
+    ``rule``: ``percentile`` or ``standard`` (see the module docstring). The same two steps
+    (`intensity_range` on the whole volume, `apply_range` on any part of it) serve `train predict`,
+    which applies the range slice by slice.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi, desc = intensity_range(image, modality, window=window, hu_threshold=hu_threshold, percentiles=percentiles, rule=rule)
+    return apply_range(image, lo, hi), desc
+
+
+#: What a network may read (a model's ``input_norm``): ``unit`` the stored slice in [0, 1]; ``zscore``
+#: minus its volume's mean (`volume_stats`), over max(std, `ZSCORE_MIN_STD`).
+INPUT_NORMS = ("unit", "zscore")
+ZSCORE_MIN_STD = 1e-6
 
 
 def volume_stats(image01: np.ndarray) -> dict[str, float]:
@@ -93,3 +124,19 @@ def volume_stats(image01: np.ndarray) -> dict[str, float]:
     that networks trained under the ``standard`` protocol apply when they read a slice."""
     x = np.asarray(image01, dtype=np.float64)
     return {"mean": float(x.mean()), "std": float(x.std())}
+
+
+def chunked_volume_stats(chunks) -> dict[str, float]:
+    """`volume_stats` of the concatenation of ``chunks`` (float arrays), one chunk in memory at a
+    time, from float64 sums of the values and of their squares (agrees with `volume_stats` to
+    about 1e-9 on [0, 1] data, plenty for a z-score)."""
+    n, total, squares = 0, 0.0, 0.0
+    for chunk in chunks:
+        x = np.asarray(chunk, dtype=np.float64)
+        n += x.size
+        total += float(x.sum())
+        squares += float(np.square(x).sum())
+    if n == 0:
+        return {"mean": 0.0, "std": 0.0}
+    mean = total / n
+    return {"mean": mean, "std": float(np.sqrt(max(squares / n - mean * mean, 0.0)))}

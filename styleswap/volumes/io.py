@@ -1,7 +1,11 @@
-"""Read one NIfTI case, validate it, reorient it to RAS+ and remap its labels to project ids.
+"""Read and validate medical volumes (NIfTI here, DICOM series in `dicom`), reorient them to RAS+
+and remap label ids to the project's.
+
+Neutral like `styleswap.contract`: `augment ingest` reads its training and evaluation volumes
+through here, and `train predict` / `train eval --images` read new scans through the same code.
 
 Every problem with a file is a one-line `StyleSwapError` that names the file: users fix their
-data from the message alone, and the build never writes a half-understood volume.
+data from the message alone, and nothing half-understood is ever written.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import nibabel as nib
 import numpy as np
 
 from styleswap.errors import StyleSwapError
-from styleswap.generator.sources.base import Volume
-from styleswap.generator.sources.layouts import CaseRef
+from styleswap.volumes.geometry import canonical_affine, canonical_orientation, to_canonical
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 #: Image and label affines may differ by float noise (different writers, qform vs sform rounding).
 AFFINE_RTOL = 1e-3
@@ -27,6 +32,23 @@ AFFINE_ATOL_MM = 1e-2
 #: Environment variable ``STYLESWAP_MAX_VOLUME_GIB`` raises or lowers it.
 MAX_VOLUME_ENV = "STYLESWAP_MAX_VOLUME_GIB"
 DEFAULT_MAX_VOLUME_GIB = 8.0
+
+
+def normalize_modality(name: str) -> str | None:
+    """``CT`` -> CT; MR, MRI, T1, T2, FLAIR, ... -> MRI; anything else -> None (unknown)."""
+    s = str(name).strip().upper()
+    if s.startswith("CT"):
+        return "CT"
+    if s.startswith(("MR", "T1", "T2", "FLAIR", "DWI", "ADC", "PD")):
+        return "MRI"
+    return None
+
+
+def strip_nifti(name: str) -> str:
+    for ending in NIFTI_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return name
 
 
 def _one_line(e: BaseException) -> str:
@@ -232,20 +254,44 @@ def _unreadable(e: BaseException, path: Path) -> str:
     return _one_line(e).replace(str(path), "the file")
 
 
-def _canonical(img, path: Path):
-    """``img`` reoriented to RAS+; reorienting reads the voxels, so a short file fails here."""
+def read_voxels(img, path: str | Path) -> np.ndarray:
+    """The voxels as stored (nibabel applies the header's scaling); a short file fails here."""
     try:
-        return nib.as_closest_canonical(img)
+        return np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip, short file, ...
-        raise StyleSwapError(f"{path}: cannot read voxel data ({_unreadable(e, path)})") from None
+        raise StyleSwapError(f"{path}: cannot read voxel data ({_unreadable(e, Path(path))})") from None
 
 
-def _data(img, path: Path, dtype=None) -> np.ndarray:
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:  # truncated gzip, short file, ...
-        raise StyleSwapError(f"{path}: cannot read voxel data ({_unreadable(e, path)})") from None
-    return data if dtype is None else data.astype(dtype, copy=False)
+def canonical_voxels(img, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(RAS+ view of the voxels, its affine)``: what ``nibabel.as_closest_canonical`` gives, as a
+    view of the stored array (see `geometry.to_canonical`)."""
+    ornt = canonical_orientation(img.affine)
+    data = read_voxels(img, path)
+    return to_canonical(data, ornt), canonical_affine(img.affine, ornt, data.shape)
+
+
+def check_finite(array: np.ndarray, path: str | Path, chunk: int = 16) -> None:
+    """Refuse NaN or infinite voxels (checked a few slices at a time: no volume-sized mask)."""
+    if array.dtype.kind != "f":
+        return
+    bad = sum(int(np.size(array[..., k : k + chunk]) - np.count_nonzero(np.isfinite(array[..., k : k + chunk])))
+              for k in range(0, array.shape[-1], chunk))
+    if bad:
+        raise StyleSwapError(f"{path}: {bad} NaN or infinite voxels")
+
+
+def check_same_grid(img, lab, image_path: str | Path, label_path: str | Path) -> None:
+    """A label must share its image's voxel grid: same shape, same affine (to float noise)."""
+    if img.shape != lab.shape:
+        raise StyleSwapError(
+            f"{label_path}: label shape {tuple(lab.shape)} differs from image shape {tuple(img.shape)} of {image_path}"
+        )
+    if not np.allclose(img.affine, lab.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
+        diff = float(np.abs(img.affine - lab.affine).max())
+        raise StyleSwapError(
+            f"{label_path}: affine differs from the image's ({image_path}) by up to {diff:.3g}"
+            f"{_grid_difference(lab.affine, img.affine)}; image and label must share one voxel grid"
+        )
 
 
 def _grid_difference(label_affine: np.ndarray, image_affine: np.ndarray) -> str:
@@ -266,42 +312,3 @@ def _grid_difference(label_affine: np.ndarray, image_affine: np.ndarray) -> str:
     if not np.allclose(label_affine[:3, 3], image_affine[:3, 3], rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
         parts.append(f"origin {fmt(label_affine[:3, 3])} vs {fmt(image_affine[:3, 3])} mm")
     return f" ({'; '.join(parts)})" if parts else ""
-
-
-def load_case(case: CaseRef, label_map: LabelMap, modality: str) -> Volume:
-    """Read, validate, reorient to RAS+ (image and label identically) and remap one case."""
-    if case.label is None:
-        raise StyleSwapError(f"{case.image}: missing label file")
-    img = read_nifti(case.image)
-    lab = read_nifti(case.label)
-    if img.shape != lab.shape:
-        raise StyleSwapError(
-            f"{case.label}: label shape {tuple(lab.shape)} differs from image shape {tuple(img.shape)} of {case.image}"
-        )
-    if not np.allclose(img.affine, lab.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
-        diff = float(np.abs(img.affine - lab.affine).max())
-        raise StyleSwapError(
-            f"{case.label}: affine differs from the image's ({case.image}) by up to {diff:.3g}"
-            f"{_grid_difference(lab.affine, img.affine)}; image and label must share one voxel grid"
-        )
-    img = _canonical(img, case.image)
-    lab = _canonical(lab, case.label)
-
-    image = _data(img, case.image, np.float32)
-    if not np.isfinite(image).all():
-        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-        raise StyleSwapError(f"{case.image}: {n} NaN or infinite voxels")
-    label = label_map.apply(_data(lab, case.label), case.label)
-
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise StyleSwapError(f"{case.image}: voxel spacing {spacing} must be positive")
-    return Volume(
-        case_id=case.case_id,
-        image=np.ascontiguousarray(image),
-        label=np.ascontiguousarray(label),
-        spacing=spacing,  # type: ignore[arg-type]
-        modality=modality,
-        split=case.split,
-        path=str(case.image),
-    )
