@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_render.py
 	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_predict.py
 
 # The CT -> MRI experiment on ../shared/data (long: about an hour per row at the full budget).
