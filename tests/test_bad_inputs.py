@@ -530,3 +530,39 @@ def test_allow_pickle_loads_pickle_weights(sd, tmp_path):
     assert ALLOW_PICKLE_ENV not in os.environ  # allowed for that command only
     refused(augment, ["finetune", "--data", sd / "data", "--out", tmp_path / "again", "--base-model", sd / "pickle"],
             tmp_path, "--allow-pickle")
+
+
+# --- 6. two writers of one folder ----------------------------------------------------------------
+
+
+def test_a_second_build_into_a_folder_being_written_is_refused(tmp_path, work):
+    """Two identical builds into one folder at once, as real processes: the second is refused with
+    one line naming the folder and the first's pid, writes nothing, and the first finishes."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / "go"  # the first build waits at its first row until this exists
+    argv = [sys.executable, "-m", "styleswap.generator.cli", "build", "--source", "phantom:1", "--out", "ds",
+            "--engine", "bezier", "-k", "1", "--size", "32", "--keep-empty", "0", "--no-preview"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLESWAP_TEST_")}
+    first = subprocess.Popen(argv, cwd=work, env={**env, "STYLESWAP_TEST_HOLD_AT": f"rows:1:{go}"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"{go}.reached").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() else "timeout"
+            time.sleep(0.1)
+        before = tree(tmp_path)
+        second = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr == (f"error: ds: another augment build is writing here (pid {first.pid} on "
+                                 f"{socket.gethostname()}); wait for it to finish or stop it\n")
+        assert tree(tmp_path) == before
+    finally:
+        go.touch()
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert augment(["verify", str(work / "ds")])[0] == 0
+    assert not (work / "ds" / ".lock").exists()

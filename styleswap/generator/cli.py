@@ -93,7 +93,7 @@ def build(
     engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", "-e", help="Engine setting KEY=VALUE (YAML value), repeatable.")] = None,
     fmt: FormatOpt = None,
     rows_per_shard: RowsOpt = None,
-    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine; the output bytes do not depend on it. (default: 1)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine (or Ray actors); the output bytes do not depend on it. (default: 1)")] = None,
     seed: SeedOpt = None,
     labels: LabelsOpt = None,
     size: SizeOpt = None,
@@ -140,15 +140,14 @@ def build(
         raise StyleSwapError("give a recipe (augment build manifests/demo.yaml) or --out")
     if executor not in ("local", "ray"):
         raise StyleSwapError(f"--executor must be local or ray, got {executor!r}")
+    if ray_address and executor != "ray":
+        raise StyleSwapError("--ray-address needs --executor ray")
+    chosen = None
     if executor == "ray":
-        from styleswap.generator.ray_build import require_ray, run_build_ray
+        from styleswap.generator.executors.ray_actors import RayExecutor
 
-        require_ray()  # one line naming the extra when Ray is missing
-        manifest = run_build_ray(cfg, command=command_line(), address=ray_address)
-    else:
-        if ray_address:
-            raise StyleSwapError("--ray-address needs --executor ray")
-        manifest = run_build(cfg, command=command_line())
+        chosen = RayExecutor(address=ray_address)  # one line naming the extra when Ray is missing
+    manifest = run_build(cfg, command=command_line(), executor=chosen)
     _summary(Path(cfg.out), manifest)
 
 
@@ -215,11 +214,11 @@ def convert(
     _summary(out, manifest)
 
 
-def _summary(out: Path, manifest: dict[str, Any]) -> None:
-    c = manifest["counts"]
+def _summary(out: Path, manifest: Any) -> None:
+    c, engine = manifest.counts, manifest.engine.name if manifest.engine else "?"
     typer.echo(
-        f"wrote {out}: {c['slices']} slices from {c['cases']} cases, {manifest['copies']} copies each "
-        f"({manifest['engine']['name']}), {len(manifest['shards'])} {manifest['format']} shard(s)"
+        f"wrote {out}: {c.slices} slices from {c.cases} cases, {manifest.copies} copies each "
+        f"({engine}), {len(manifest.shards)} {manifest.format} shard(s)"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from styleswap import contract
+from styleswap.contract import Manifest
 from styleswap.errors import StyleSwapError, VerificationError
 from styleswap.generator import card, dataset
 
@@ -43,8 +44,8 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def check_license(license: str | None, manifest: dict[str, Any]) -> str:
-    lic = license or card.recorded_license(manifest)
+def check_license(license: str | None, manifest: Manifest) -> str:
+    lic = license or manifest.license
     if not lic:
         raise StyleSwapError(
             "no license: pass --license ID (e.g. cc-by-4.0, or 'other') or record one at build time "
@@ -63,13 +64,13 @@ def _inside(folder: Path, path: Path) -> Path:
     return target
 
 
-def plan(folder: Path, manifest: dict[str, Any], card_text: str) -> list[PushOp]:
+def plan(folder: Path, manifest: Manifest, card_text: str) -> list[PushOp]:
     """The commit's files, in upload order (shards first: the card and manifest land with them)."""
     folder = Path(folder)
     ops = []
-    for entry in manifest["shards"]:
-        path = _inside(folder, dataset.shard_path(folder, entry))
-        ops.append(PushOp(str(path), entry["path"], path.stat().st_size))
+    for entry in manifest.shards:
+        path = _inside(folder, manifest.shard_path(folder, entry))
+        ops.append(PushOp(str(path), entry.path, path.stat().st_size))
     preview = folder / PREVIEW_NAME
     if preview.exists():
         path = _inside(folder, preview)
@@ -91,7 +92,7 @@ class PushPlan:
     ops: list[PushOp]
     card: str
     license: str
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 def prepare_push(folder: str | Path, repo_id: str, license: str | None = None) -> PushPlan:

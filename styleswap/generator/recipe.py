@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from styleswap.errors import StyleSwapError
-from styleswap.generator.build import BuildConfig
+from styleswap.generator.config import BuildConfig
 from styleswap.generator.safe_paths import check_recipe_paths
 
 KEYS = {f.name for f in dataclasses.fields(BuildConfig)}

@@ -89,7 +89,13 @@ class ControlNetEngine(Engine):
     """Style Swap with a mask-conditioned ControlNet (see the module docstring)."""
 
     name = "controlnet"
+    uses_torch = True
     needs_dataset = True
+
+    @classmethod
+    def gpus_per_worker(cls, settings: dict[str, Any]) -> float:
+        """One GPU per render worker, unless the settings pin the engine to the CPU."""
+        return 0.0 if str(settings.get("device") or "").startswith("cpu") else 1.0
 
     @classmethod
     def prepare(cls, settings: dict[str, Any], source_dir: Path | None, cache_dir: Path) -> dict[str, Any]:
