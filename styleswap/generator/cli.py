@@ -75,15 +75,7 @@ def ingest(
     _summary(out, manifest)
 
 
-def _allow_pickle_flag(command):
-    """``--allow-pickle`` (parameter ``allow_pickle``) holds while the command runs."""
-    from styleswap.generator.diffusion.loading import with_allow_pickle_flag  # stdlib only, no diffusers
-
-    return with_allow_pickle_flag(command)
-
-
 @app.command()
-@_allow_pickle_flag
 def build(
     recipe: Annotated[Optional[Path], typer.Argument(help="A YAML recipe (see manifests/). Flags override its values.")] = None,
     source: Annotated[Optional[str], typer.Option(help="'phantom[:N]', a raw source (as for ingest) or a dataset folder made by 'augment ingest'.")] = None,
@@ -104,8 +96,6 @@ def build(
     overwrite: OverwriteOpt = False,
     preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where trained models (controlnet) and ingested sources are cached. (default: models/cache)")] = None,
-    style_swap: Annotated[Optional[bool], typer.Option("--style-swap/--no-style-swap", help="controlnet: render with the base U-Net (Style Swap, default) or the DreamBooth-tuned one (the ablation).")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="controlnet: also load model folders whose weights are pickle files (*.bin, *.pt, *.ckpt, ...) and no safetensors. Pickle can run arbitrary code: only for files you trust. Never taken from a recipe.")] = False,
     executor: Annotated[str, typer.Option("--executor", help="Who renders: local (processes on this machine) or ray (Ray Data actors, one per --workers; needs 'styleswap[ray]'). Same bytes either way.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: a Ray cluster ('auto', 'ray://HOST:10001'). Default: a local instance with --workers CPUs.")] = None,
 ) -> None:
@@ -125,8 +115,6 @@ def build(
         if not sep or not key:
             raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
         settings[key.strip()] = yaml.safe_load(value)
-    if style_swap is not None:
-        settings["style_swap"] = style_swap
     base["engine_settings"] = settings
     cfg = make_config(
         base,
@@ -223,7 +211,8 @@ def _summary(out: Path, manifest: Any) -> None:
 
 
 def _register_plugins() -> None:
-    """Commands of optional halves of the generator (the diffusion stack) join the same app."""
+    """Commands (and `build` options) of optional parts of the generator (the diffusion stack)
+    join the same app."""
     import importlib.util
 
     if importlib.util.find_spec("styleswap.generator.diffusion.cli") is None:
