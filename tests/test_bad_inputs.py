@@ -532,7 +532,64 @@ def test_allow_pickle_loads_pickle_weights(sd, tmp_path):
             tmp_path, "--allow-pickle")
 
 
-# --- 6. two writers of one folder ----------------------------------------------------------------
+# --- 6. build settings of the wrong type or out of range (checked before anything runs) --------
+
+
+@pytest.mark.parametrize(
+    "line, key, expected, shown",
+    [
+        ("copies: four", "copies", "an integer", "'four'"),
+        ("copies: 2.7", "copies", "an integer", "2.7"),
+        ('size: "64"', "size", "an integer", "'64'"),
+        ("engine_settings: [1, 2]", "engine_settings", "a mapping of KEY: VALUE", "[1, 2]"),
+        ("keep_empty: yes", "keep_empty", "a number", "True"),  # YAML's yes is true, not 1.0
+        ("preview: 0", "preview", "true or false", "0"),
+        ("seed: null", "seed", "an integer", "None"),
+        ("source: {a: 1}", "source", "a string or a list of strings", "{'a': 1}"),
+    ],
+    ids=["copies-word", "copies-float", "size-string", "settings-list", "keep-empty-yes", "preview-int", "seed-null",
+         "source-mapping"],
+)
+def test_recipe_value_of_the_wrong_type(tmp_path, work, line, key, expected, shown):
+    path = work / "recipe.yaml"
+    path.write_text(f"source: phantom:1\nout: out/ds\nengine: bezier\n{line}\n")
+    msg = refused(augment, ["build", path], tmp_path)
+    assert msg == f"{path}: {key} must be {expected}, got {shown}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--modality", "PET"], "--modality must be one of CT, MRI (MR, T1, T2, FLAIR, ... count as MRI), got 'PET'"),
+        (["--engine", "gin", "--copies", "0"],
+         "--copies is 0, so engine 'gin' would render nothing; for originals only use engine none (augment ingest)"),
+        (["--engine", "gin", "--copies", "-1"], "--copies must be >= 0, got -1"),
+        (["--keep-empty", "1.5"], "--keep-empty must be within [0, 1], got 1.5"),
+    ],
+    ids=["modality", "no-copies", "negative-copies", "keep-empty"],
+)
+def test_build_flag_out_of_range(tmp_path, work, args, message):
+    assert refused(augment, ["build", "--source", "phantom:1", "--out", "ds", *args], tmp_path) == message
+
+
+def test_ingest_modality_that_is_not_one(tmp_path, work):
+    img, lab = pair(tmp_path)
+    msg = refused(augment, ["ingest", f"{img}:{lab}", "--out", "ds", "--modality", "PET"], tmp_path)
+    assert msg == "--modality must be one of CT, MRI (MR, T1, T2, FLAIR, ... count as MRI), got 'PET'"
+
+
+def test_size_other_than_the_ingested_datasets(tmp_path, dataset):
+    ds, _, _ = dataset  # ingested at 16 px
+    msg = refused(augment, ["build", "--source", ds, "--out", "gin", "--engine", "gin", "-k", "1", "--size", "64"],
+                  tmp_path)
+    assert msg == (f"{ds}: the dataset's slices are 16 px, not the 64 px of --size; re-ingest the raw data with "
+                   "--size 64 (augment ingest), or leave the size out")
+    code, _, err = augment(["build", "--source", str(ds), "--out", "gin", "--engine", "gin", "-k", "1",
+                            "--size", "16", "--no-preview"])  # its own size, or none, is fine
+    assert code == 0, err
+
+
+# --- 7. two writers of one folder ----------------------------------------------------------------
 
 
 def test_a_second_build_into_a_folder_being_written_is_refused(tmp_path, work):

@@ -109,13 +109,17 @@ def build(
     from styleswap.generator.recipe import load_recipe, make_config
 
     base = load_recipe(recipe) if recipe else {}
-    settings = dict(base.get("engine_settings") or {})
-    for item in engine_opt or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(value)
-    base["engine_settings"] = settings
+    settings = base.get("engine_settings")
+    if settings is None:
+        settings = base["engine_settings"] = {}
+    if engine_opt and isinstance(settings, dict):
+        settings = dict(settings)
+        for item in engine_opt:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
+            settings[key.strip()] = yaml.safe_load(value)
+        base["engine_settings"] = settings
     cfg = make_config(
         base,
         _flags(source=source, out=str(out) if out else None, engine=engine, copies=copies, format=fmt,
