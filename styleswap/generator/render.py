@@ -9,14 +9,21 @@ Results come back in submission order, so the rows (and the shards a single writ
 do not depend on ``--workers``; every copy's seed comes from (build seed, sample_id, copy index)
 only. At most ``2 * workers + 2`` chunks are in flight, so memory does not grow with the number of
 slices. A `Renderer` (one per thread, process or Ray actor) loads the engine once.
+
+Worker processes die with the build: each arms a parent-death signal (Linux) and watches its
+parent, so a build killed with SIGKILL leaves no orphan rendering (nor multiprocessing's resource
+tracker, which exits when the last worker holding its pipe is gone).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -95,8 +102,9 @@ class Renderer:
 _RENDERER: Renderer | None = None  # the renderer of this worker process (set by its initializer)
 
 
-def _start_worker(job: RenderJob) -> None:
+def _start_worker(job: RenderJob, parent: int) -> None:
     global _RENDERER
+    die_with_parent(parent)
     _RENDERER = Renderer(job)
 
 
@@ -113,6 +121,25 @@ def _start_thread(job: RenderJob) -> None:
 
 def _render_in_thread(slices: list[SourceSlice]) -> list[shards.Row]:
     return _THREAD.renderer.render(slices)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this worker process end when ``parent`` does, however it ends (SIGKILL included)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    # elsewhere than Linux, and if the signal is lost: a reparented worker has lost its build
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 # --- the local pipeline -------------------------------------------------------------------------
@@ -165,7 +192,7 @@ def render_locally(job: RenderJob, slices: Iterable[SourceSlice], workers: int, 
         # spawn, not fork: the parent may already run OpenMP threads (torch), which fork would break.
         local = replace(job, encode=encode_here, threads=max(1, cores // workers))
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(local,))
+                                   initializer=_start_worker, initargs=(local, os.getpid()))
         render = _render_in_worker
     encoder = ThreadPoolExecutor(1) if fmt == "parquet" and not encode_here else None
     # disable=None: a bar on a terminal, none in logs and pipes; cleared on failure so that an
