@@ -275,7 +275,8 @@ class _Fields:
         value = self.data.get(key, default)
         if value is None or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
             return value
-        raise StyleSwapError(f"{self.where}: {key!r} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+        expected = "an integer" if kind is int else "a string"
+        raise StyleSwapError(f"{self.where}: {key!r} must be {expected}, got {value!r}")
 
     def mapping(self, key: str) -> dict[str, Any]:
         value = self.data.get(key)

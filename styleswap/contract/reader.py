@@ -118,7 +118,8 @@ def _struct_bytes(value: Any, path: Path) -> bytes:
     # datasets `Image` columns are structs {bytes, path}; accept raw bytes too
     if isinstance(value, dict):
         if value.get("bytes") is None:
-            raise StyleSwapError(f"{path}: image stored by path only ({value.get('path')!r}); the contract embeds bytes")
+            raise StyleSwapError(f"{path}: image stored by path only ({value.get('path')!r}); "
+                                 "the contract embeds bytes")
         return value["bytes"]
     return value
 

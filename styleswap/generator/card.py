@@ -98,6 +98,7 @@ def render_card(
     settings = engine.settings or {}
     src = manifest.origin
     counts = manifest.counts or Counts(manifest.num_rows, 0)
+    size = list(manifest.image_size) if manifest.image_size else None
     where = repo_id or "<this folder>"
     hub = f"hf://{repo_id}" if repo_id else "hf://USER/NAME"
     prompts = {k: v for k, v in settings.items() if "prompt" in k}
@@ -120,7 +121,7 @@ def render_card(
         f"- Source data: `{src.get('layout', '?')}` {', '.join(str(p) for p in src_paths)}".rstrip()
         + (f" (source license: `{src_license}`)" if src_license else " (source license: not recorded; check it before use)"),
         f"- Modality of the originals: {', '.join(modalities(manifest))}",
-        f"- Slices: {counts.slices} from {counts.cases} cases, image size {list(manifest.image_size) if manifest.image_size else None}",
+        f"- Slices: {counts.slices} from {counts.cases} cases, image size {size}",
         f"- Style engine: `{engine.name}`, {manifest.copies} copies per slice",
         f"- Build seed: {manifest.seed}; every copy's seed derives from (build seed, sample_id, copy index) "
         "and is stored in the `seeds` column",
