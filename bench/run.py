@@ -62,7 +62,7 @@ import numpy as np
 from styleswap import contract
 from styleswap.generator import dataset
 from styleswap.generator.engines import get_engine, CopyRequest
-from styleswap.generator.seeds import derive_seed
+from styleswap.contract import derive_seed
 folder, name, copies = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = list(dataset.iter_rows(folder, columns=["sample_id", "image", "mask"]))
 eng = get_engine(name); eng.load()

@@ -3,6 +3,8 @@ through the forward preprocessing and its inverse."""
 
 from __future__ import annotations
 
+import locale
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -81,6 +83,17 @@ def tiny_model(folder: Path, size: int = 32, modality: str | None = "CT") -> Pat
     return save_model(build_model(cfg), folder)
 
 
+@contextmanager
+def _keep_locale():
+    """SimpleITK's DICOM writer (GDCM) sets the C library's locale to "C", which would change the
+    text encoding of the rest of the test process; reading does not (tested in test_predict)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def dicom_series(folder: Path, stored: np.ndarray, affine: np.ndarray, modality: str = "CT", series: str = "1.2.826.0.1.3680043.2.1125.1", prefix: str = "slice") -> Path:
     """Write ``stored`` (X, Y, Z, integer values) with RAS ``affine`` as a DICOM series, one file a
     slice, with SimpleITK (the geometry in LPS patient coordinates, as DICOM has it)."""
@@ -106,5 +119,6 @@ def dicom_series(folder: Path, stored: np.ndarray, affine: np.ndarray, modality:
                            ("0028|1052", "0"), ("0028|1053", "1")):
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{prefix}{k:04d}.dcm"))
-        writer.Execute(sl)
+        with _keep_locale():  # GDCM sets the C locale to "C"; the test process must keep its encoding
+            writer.Execute(sl)
     return folder

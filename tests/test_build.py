@@ -90,7 +90,7 @@ def test_copies_keep_the_mask_and_change_intensities(gin_dataset, tmp_path):
 
 
 def test_seeds_derive_from_build_seed_sample_and_copy(gin_dataset):
-    from styleswap.generator.seeds import derive_seed
+    from styleswap.contract import derive_seed
 
     for sid, r in list(rows_by_id(gin_dataset).items())[:5]:
         assert r["seeds"] == [derive_seed(3, sid, c) for c in range(2)]

@@ -14,7 +14,7 @@ import torch
 
 from diffusion_fixtures import synthetic_slice, write_dataset
 from styleswap.generator.engines.base import CopyRequest, get_engine
-from styleswap.generator.seeds import derive_seed
+from styleswap.contract import derive_seed
 
 pytestmark = pytest.mark.slow
 

@@ -117,7 +117,7 @@ def test_tiny_tokenizer_is_byte_level(tmp_path):
     from styleswap.generator.diffusion.presets import write_byte_tokenizer
 
     write_byte_tokenizer(tmp_path)
-    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
     assert len(vocab) == 514
     tok = CLIPTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
     ids = tok("a T2-weighted MRI").input_ids

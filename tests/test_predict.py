@@ -4,6 +4,7 @@ every input kind, the artifact's records, and the prediction vs `train eval --im
 from __future__ import annotations
 
 import json
+import locale
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from cli_util import augment, ok, train
 from predict_fixtures import dicom_series, phantom_volume, reorient, world_centroid
-from styleswap.trainer.artifact import sha256_file
+from styleswap.contract import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,9 @@ def test_predict_takes_folders_nnunet_dicom_and_checkpoints(run, tmp_path):
     dicom_series(tmp_path / "series_1", np.round(stored), affine)
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     out = tmp_path / "pred"
+    encoding = locale.getpreferredencoding(False)
     ok(train(["predict", nn, tmp_path / "series_1", "--model", ckpt, "--out", out, "--no-progress"]))
+    assert locale.getpreferredencoding(False) == encoding  # reading DICOM leaves the process's text encoding alone
     summary = json.loads((out / "predictions.json").read_text())
     assert summary["cases"]["mr_7"]["modality"] == {"value": "MRI", "from": "dataset.json"}
     assert summary["cases"]["series_1"]["modality"] == {"value": "CT", "from": "DICOM Modality tag"}

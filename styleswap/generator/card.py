@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from styleswap import contract
+from styleswap.contract import Counts, EngineRecord, Manifest
 from styleswap.hub_publish import LICENSE_RE  # the Hub's license-id rule, shared with train push
 
 
@@ -23,27 +24,13 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def _source_info(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The raw source's description, following ``upstream`` through datasets built from datasets."""
-    src = manifest.get("source") or {}
-    while src.get("layout") == "styleswap-dataset" and src.get("upstream"):
-        src = src["upstream"]
-    return src
+def modalities(manifest: Manifest) -> list[str]:
+    return sorted({manifest.modality or "CT"})
 
 
-def modalities(manifest: dict[str, Any]) -> list[str]:
-    mod = _source_info(manifest).get("modality") or manifest.get("modality") or "CT"
-    return sorted({str(mod)})
-
-
-def recorded_license(manifest: dict[str, Any]) -> str | None:
-    """The license recorded at build time (``augment build --license``), if any."""
-    return (manifest.get("recipe") or {}).get("license") or None
-
-
-def front_matter(manifest: dict[str, Any], license: str | None) -> dict[str, Any]:
-    splits = sorted({e["split"] for e in manifest["shards"]})
-    ext = contract.SHARD_SUFFIX[manifest["format"]]
+def front_matter(manifest: Manifest, license: str | None) -> dict[str, Any]:
+    splits = sorted({e.split for e in manifest.shards})
+    ext = contract.SHARD_SUFFIX[manifest.format]
     meta: dict[str, Any] = {}
     if license:
         meta["license"] = license
@@ -51,7 +38,7 @@ def front_matter(manifest: dict[str, Any], license: str | None) -> dict[str, Any
         {
             "task_categories": ["image-segmentation"],
             "tags": ["medical", "synthetic", "styleswap", *[m.lower() for m in modalities(manifest)]],
-            "size_categories": [size_category(manifest["counts"]["slices"])],
+            "size_categories": [size_category(manifest.counts.slices if manifest.counts else manifest.num_rows)],
             "configs": [
                 {
                     "config_name": "default",
@@ -60,17 +47,17 @@ def front_matter(manifest: dict[str, Any], license: str | None) -> dict[str, Any
             ],
         }
     )
-    if manifest["format"] == "parquet":
+    if manifest.format == "parquet":
         # The features of the shards themselves (their Arrow schema carries the same), so the Hub's
         # viewer and `load_dataset` decode images without guessing.
         meta["dataset_info"] = {
             "features": contract.hf_features()._to_yaml_list(),
             "splits": [
-                {"name": s, "num_bytes": sum(e["bytes"] for e in manifest["shards"] if e["split"] == s),
-                 "num_examples": manifest["splits"][s]["num_rows"]}
+                {"name": s, "num_bytes": sum(e.bytes or 0 for e in manifest.shards if e.split == s),
+                 "num_examples": sum(e.num_rows for e in manifest.shards if e.split == s)}
                 for s in splits
             ],
-            "download_size": sum(e["bytes"] for e in manifest["shards"]),
+            "download_size": sum(e.bytes or 0 for e in manifest.shards),
         }
     return meta
 
@@ -91,7 +78,7 @@ def _model_lines(settings: dict[str, Any]) -> list[str]:
 
 
 def render_card(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     *,
     title: str,
     license: str | None = None,
@@ -100,14 +87,15 @@ def render_card(
     has_preview: bool = False,
 ) -> str:
     """The full README.md text of a dataset (front matter + body)."""
-    license = license or recorded_license(manifest)
-    description = description or (manifest.get("recipe") or {}).get("description")
+    license = license or manifest.license
+    description = description or manifest.recipe.get("description")
     meta = front_matter(manifest, license)
-    labels = manifest["labels"]
-    engine = manifest["engine"]
-    settings = engine.get("settings") or {}
-    src = _source_info(manifest)
-    counts = manifest["counts"]
+    labels = manifest.labels
+    engine = manifest.engine or EngineRecord("?")
+    settings = engine.settings or {}
+    src = manifest.origin
+    counts = manifest.counts or Counts(manifest.num_rows, 0)
+    size = list(manifest.image_size) if manifest.image_size else None
     where = repo_id or "<this folder>"
     hub = f"hf://{repo_id}" if repo_id else "hf://USER/NAME"
     prompts = {k: v for k, v in settings.items() if "prompt" in k}
@@ -130,14 +118,14 @@ def render_card(
         f"- Source data: `{src.get('layout', '?')}` {', '.join(str(p) for p in src_paths)}".rstrip()
         + (f" (source license: `{src_license}`)" if src_license else " (source license: not recorded; check it before use)"),
         f"- Modality of the originals: {', '.join(modalities(manifest))}",
-        f"- Slices: {counts['slices']} from {counts['cases']} cases, image size {manifest.get('image_size')}",
-        f"- Style engine: `{engine['name']}`, {manifest['copies']} copies per slice",
-        f"- Build seed: {manifest['seed']}; every copy's seed derives from (build seed, sample_id, copy index) "
+        f"- Slices: {counts.slices} from {counts.cases} cases, image size {size}",
+        f"- Style engine: `{engine.name}`, {manifest.copies} copies per slice",
+        f"- Build seed: {manifest.seed}; every copy's seed derives from (build seed, sample_id, copy index) "
         "and is stored in the `seeds` column",
-        f"- Format: {manifest['format']}, {len(manifest['shards'])} shard(s) under `{contract.DATA_DIR}/`",
+        f"- Format: {manifest.format}, {len(manifest.shards)} shard(s) under `{contract.DATA_DIR}/`",
     ]
-    if manifest.get("converted_from"):
-        cf = manifest["converted_from"]
+    if manifest.converted_from:
+        cf = manifest.converted_from
         lines.append(f"- Converted from {cf.get('format')} (`augment convert`), shards listed with their sha256 in manifest.json")
     lines += [
         "",
@@ -146,7 +134,7 @@ def render_card(
         "| label | id | slices containing it |",
         "|---|---|---|",
         *[
-            f"| {name} | {i} | {counts['slices_with_label'].get(name, 0) if i else '-'} |"
+            f"| {name} | {i} | {counts.slices_with_label.get(name, 0) if i else '-'} |"
             for name, i in sorted(labels.items(), key=lambda kv: kv[1])
         ],
         "",
@@ -154,7 +142,7 @@ def render_card(
         "",
         "Command:",
         "",
-        f"    {manifest.get('command') or 'augment build'}",
+        f"    {manifest.command or 'augment build'}",
         "",
         "Engine settings:",
         "",
@@ -166,8 +154,8 @@ def render_card(
         lines += ["Models:", "", *models, ""]
     if prompts:
         lines += ["Prompt set:", "", *_yaml_block(prompts), ""]
-    if manifest.get("recipe"):
-        lines += ["Recipe (every build setting; `augment build recipe.yaml` rebuilds it):", "", *_yaml_block(manifest["recipe"]), ""]
+    if manifest.recipe:
+        lines += ["Recipe (every build setting; `augment build recipe.yaml` rebuilds it):", "", *_yaml_block(manifest.recipe), ""]
     if has_preview:
         lines += ["## Preview", "", "Per row: the original, its mask in fixed organ colours, its copies.", "",
                   "![preview](preview.png)", ""]
@@ -195,7 +183,7 @@ def render_card(
 
 def write_card(
     out: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     license: str | None = None,
     description: str | None = None,
     repo_id: str | None = None,

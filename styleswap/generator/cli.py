@@ -77,15 +77,7 @@ def ingest(
     _summary(out, manifest)
 
 
-def _allow_pickle_flag(command):
-    """``--allow-pickle`` (parameter ``allow_pickle``) holds while the command runs."""
-    from styleswap.generator.diffusion.loading import with_allow_pickle_flag  # stdlib only, no diffusers
-
-    return with_allow_pickle_flag(command)
-
-
 @app.command()
-@_allow_pickle_flag
 def build(
     recipe: Annotated[Optional[Path], typer.Argument(help="A YAML recipe (see manifests/). Flags override its values.")] = None,
     source: Annotated[Optional[str], typer.Option(help="'phantom[:N]', a raw source (as for ingest) or a dataset folder made by 'augment ingest'.")] = None,
@@ -95,7 +87,7 @@ def build(
     engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", "-e", help="Engine setting KEY=VALUE (YAML value), repeatable.")] = None,
     fmt: FormatOpt = None,
     rows_per_shard: RowsOpt = None,
-    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine; the output bytes do not depend on it. (default: 1)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Render processes on this machine (or Ray actors); the output bytes do not depend on it. (default: 1)")] = None,
     seed: SeedOpt = None,
     labels: LabelsOpt = None,
     size: SizeOpt = None,
@@ -106,8 +98,6 @@ def build(
     overwrite: OverwriteOpt = False,
     preview: Annotated[Optional[bool], typer.Option("--preview/--no-preview", help="Write preview.png next to the shards.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where trained models (controlnet) and ingested sources are cached. (default: models/cache)")] = None,
-    style_swap: Annotated[Optional[bool], typer.Option("--style-swap/--no-style-swap", help="controlnet: render with the base U-Net (Style Swap, default) or the DreamBooth-tuned one (the ablation).")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="controlnet: also load model folders whose weights are pickle files (*.bin, *.pt, *.ckpt, ...) and no safetensors. Pickle can run arbitrary code: only for files you trust. Never taken from a recipe.")] = False,
     executor: Annotated[str, typer.Option("--executor", help="Who renders: local (processes on this machine) or ray (Ray Data actors, one per --workers; needs 'styleswap[ray]'). Same bytes either way.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: a Ray cluster ('auto', 'ray://HOST:10001'). Default: a local instance with --workers CPUs.")] = None,
 ) -> None:
@@ -121,15 +111,17 @@ def build(
     from styleswap.generator.recipe import load_recipe, make_config
 
     base = load_recipe(recipe) if recipe else {}
-    settings = dict(base.get("engine_settings") or {})
-    for item in engine_opt or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(value)
-    if style_swap is not None:
-        settings["style_swap"] = style_swap
-    base["engine_settings"] = settings
+    settings = base.get("engine_settings")
+    if settings is None:
+        settings = base["engine_settings"] = {}
+    if engine_opt and isinstance(settings, dict):
+        settings = dict(settings)
+        for item in engine_opt:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise StyleSwapError(f"--engine-opt expects KEY=VALUE, got {item!r}")
+            settings[key.strip()] = yaml.safe_load(value)
+        base["engine_settings"] = settings
     cfg = make_config(
         base,
         _flags(source=source, out=str(out) if out else None, engine=engine, copies=copies, format=fmt,
@@ -142,15 +134,14 @@ def build(
         raise StyleSwapError("give a recipe (augment build manifests/demo.yaml) or --out")
     if executor not in ("local", "ray"):
         raise StyleSwapError(f"--executor must be local or ray, got {executor!r}")
+    if ray_address and executor != "ray":
+        raise StyleSwapError("--ray-address needs --executor ray")
+    chosen = None
     if executor == "ray":
-        from styleswap.generator.ray_build import require_ray, run_build_ray
+        from styleswap.generator.executors.ray_actors import RayExecutor
 
-        require_ray()  # one line naming the extra when Ray is missing
-        manifest = run_build_ray(cfg, command=command_line(), address=ray_address)
-    else:
-        if ray_address:
-            raise StyleSwapError("--ray-address needs --executor ray")
-        manifest = run_build(cfg, command=command_line())
+        chosen = RayExecutor(address=ray_address)  # one line naming the extra when Ray is missing
+    manifest = run_build(cfg, command=command_line(), executor=chosen)
     _summary(Path(cfg.out), manifest)
 
 
@@ -217,16 +208,17 @@ def convert(
     _summary(out, manifest)
 
 
-def _summary(out: Path, manifest: dict[str, Any]) -> None:
-    c = manifest["counts"]
+def _summary(out: Path, manifest: Any) -> None:
+    c, engine = manifest.counts, manifest.engine.name if manifest.engine else "?"
     typer.echo(
-        f"wrote {out}: {c['slices']} slices from {c['cases']} cases, {manifest['copies']} copies each "
-        f"({manifest['engine']['name']}), {len(manifest['shards'])} {manifest['format']} shard(s)"
+        f"wrote {out}: {c.slices} slices from {c.cases} cases, {manifest.copies} copies each "
+        f"({engine}), {len(manifest.shards)} {manifest.format} shard(s)"
     )
 
 
 def _register_plugins() -> None:
-    """Commands of optional halves of the generator (the diffusion stack) join the same app."""
+    """Commands (and `build` options) of optional parts of the generator (the diffusion stack)
+    join the same app."""
     import importlib.util
 
     if importlib.util.find_spec("styleswap.generator.diffusion.cli") is None:

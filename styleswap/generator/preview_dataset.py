@@ -6,20 +6,20 @@ import random
 from pathlib import Path
 from typing import Any
 
-from styleswap.generator import dataset, shards
+from styleswap.contract import Manifest, ShardReader
 
 #: Previews sample from the first shards only, so a preview of a huge dataset stays instant.
 PREVIEW_SHARDS = 2
 
 
-def sample_rows(folder: Path, manifest: dict[str, Any], rows: int, seed: int) -> list[dict[str, Any]]:
+def sample_rows(folder: Path, manifest: Manifest, rows: int, seed: int) -> list[dict[str, Any]]:
     """A reservoir sample of ``rows`` rows, preferring slices with foreground, in dataset order."""
     rng = random.Random(seed)
     pool: list[tuple[int, dict[str, Any]]] = []
     empty: list[tuple[int, dict[str, Any]]] = []
     seen = 0
-    for entry in manifest["shards"][:PREVIEW_SHARDS]:
-        for rec in shards.iter_shard_rows(dataset.shard_path(folder, entry)):
+    for entry in manifest.shards[:PREVIEW_SHARDS]:
+        for rec in ShardReader(manifest.shard_path(folder, entry)).iter_rows():
             target = pool if rec["mask"].any() else empty
             if len(target) < rows:
                 target.append((seen, rec))
@@ -32,10 +32,10 @@ def sample_rows(folder: Path, manifest: dict[str, Any], rows: int, seed: int) ->
     return [rec for _, rec in picked[:rows]]
 
 
-def write_preview(folder: Path, manifest: dict[str, Any], out_png: Path, rows: int = 6, seed: int = 0) -> Path:
+def write_preview(folder: Path, manifest: Manifest, out_png: Path, rows: int = 6, seed: int = 0) -> Path:
     from styleswap.generator.preview import make_preview_grid
 
     picked = sample_rows(Path(folder), manifest, rows, seed)
-    engine = manifest.get("engine", {}).get("name", "?")
-    title = f"{Path(folder).name}: engine {engine}, {manifest.get('copies', 0)} copies per slice"
-    return make_preview_grid(picked, manifest["labels"], out_png, title=title)
+    engine = manifest.engine.name if manifest.engine else "?"
+    title = f"{Path(folder).name}: engine {engine}, {manifest.copies} copies per slice"
+    return make_preview_grid(picked, manifest.labels, out_png, title=title)

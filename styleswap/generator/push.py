@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from styleswap import contract
+from styleswap.contract import Manifest
 from styleswap.errors import StyleSwapError, VerificationError
 from styleswap.generator import card, dataset
 from styleswap.hub_publish import CARD_SOURCE as _CARD, PushOp, check_license_id, check_repo_id, commit, file_op, format_ops
@@ -27,14 +28,14 @@ CARD_SOURCE = _CARD.format(program="augment")
 __all__ = ["PushOp", "PushPlan", "check_repo_id", "check_license", "format_ops", "plan", "prepare_push", "push_dataset"]
 
 
-def check_license(license: str | None, manifest: dict[str, Any]) -> str:
-    return check_license_id(license or card.recorded_license(manifest), " or record one at build time (augment build --license)")
+def check_license(license: str | None, manifest: Manifest) -> str:
+    return check_license_id(license or manifest.license, " or record one at build time (augment build --license)")
 
 
-def plan(folder: Path, manifest: dict[str, Any], card_text: str) -> list[PushOp]:
+def plan(folder: Path, manifest: Manifest, card_text: str) -> list[PushOp]:
     """The commit's files, in upload order (shards first: the card and manifest land with them)."""
     folder = Path(folder)
-    ops = [file_op(folder, dataset.shard_path(folder, entry), entry["path"]) for entry in manifest["shards"]]
+    ops = [file_op(folder, manifest.shard_path(folder, entry), entry.path) for entry in manifest.shards]
     if (folder / PREVIEW_NAME).exists():
         ops.append(file_op(folder, folder / PREVIEW_NAME, PREVIEW_NAME))
     ops.append(file_op(folder, folder / contract.MANIFEST_NAME, contract.MANIFEST_NAME))
@@ -47,7 +48,7 @@ class PushPlan:
     ops: list[PushOp]
     card: str
     license: str
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 def prepare_push(folder: str | Path, repo_id: str, license: str | None = None) -> PushPlan:

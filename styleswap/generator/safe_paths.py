@@ -8,10 +8,10 @@
    paths (``source``, model folders, prompt sets) are not restricted: reading is not the risk.
 2. The output folder must not be a symbolic link, and neither may what a build writes, replaces or
    deletes in it: ``data/``, ``.partial/`` and their entries, ``manifest.json`` (and its ``.tmp``),
-   ``README.md``, ``preview.png``. Writing or deleting through a link would touch files outside the
-   folder the user named (``--overwrite`` deletes ``data/``). Links *above* the output folder
-   (``out/`` -> a bigger disk) are the user's setup and are fine.
-3. Shard paths in a manifest must stay inside the dataset folder (`dataset.shard_path`), and the
+   ``README.md``, ``preview.png``, the lock ``.lock``. Writing or deleting through a link would
+   touch files outside the folder the user named (``--overwrite`` deletes ``data/``). Links
+   *above* the output folder (``out/`` -> a bigger disk) are the user's setup and are fine.
+3. Shard paths in a manifest must stay inside the dataset folder (`contract.shard_file`), and the
    files a dataset.json lists must stay inside its folder (`sources.layouts`).
 
 Every refusal is a one-line `StyleSwapError` naming the path.
@@ -25,12 +25,13 @@ from typing import Any
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
+from styleswap.safe_state import LOCK_NAME
 
 #: Recipe keys that name a folder the build writes into, and the flag that overrides each.
 WRITE_KEYS = {"out": "--out", "cache_dir": "--cache-dir"}
 #: What a build writes, replaces or deletes at the top of its output folder.
 WRITTEN = (contract.DATA_DIR, contract.STAGING_DIR, contract.MANIFEST_NAME, contract.MANIFEST_NAME + ".tmp",
-           contract.CARD_NAME, "preview.png")
+           contract.CARD_NAME, "preview.png", LOCK_NAME)
 
 
 def _link(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Shard writers (Parquet, HDF5) and readers for the dataset contract.
+"""Shard writers (Parquet, HDF5) for the dataset contract (the reader is `contract.reader`).
 
 Writers stream rows into a *staging* folder under temporary names and never hold more than one
 row group in memory. A shard is complete when its writer is closed and the file fsynced; only then
@@ -10,11 +10,10 @@ under a shard's name. `finalize_shards` links complete shards to their Hub-nativ
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -53,14 +52,6 @@ class Row:
             "mask": contract.encode_png(self.mask),
             "augmented": [contract.encode_png(a) for a in self.augmented],
         }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _ParquetShard:
@@ -223,7 +214,7 @@ class ShardWriter:
         return self.done
 
 
-def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[dict[str, Any]]:
+def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[contract.ShardEntry]:
     """Link complete staged shards to ``out/data/<split>-i-of-N.<ext>``; return manifest entries.
 
     Hard links, not moves: until manifest.json is written the staging folder keeps every finished
@@ -246,77 +237,7 @@ def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[dict[str,
                     raise
                 os.replace(path, target)
             kill_point("finalize")
-            entries.append(
-                {
-                    "path": f"{contract.DATA_DIR}/{name}",
-                    "split": w.split,
-                    "num_rows": rows,
-                    "bytes": target.stat().st_size,
-                    "sha256": sha256_file(target),
-                }
-            )
+            entries.append(contract.ShardEntry(path=f"{contract.DATA_DIR}/{name}", split=w.split, num_rows=rows,
+                                               bytes=target.stat().st_size, sha256=contract.sha256_file(target)))
     fsync_path(data)
     return entries
-
-
-# --- reading -------------------------------------------------------------------------------------
-
-
-def count_rows(path: Path) -> int:
-    """Row count as stored in the shard itself (Parquet footer or HDF5 dataset length)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return int(f["sample_id"].shape[0]) if "sample_id" in f else 0
-
-
-def decode_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """Decode the PNG columns of a raw Parquet row (as `iter_shard_rows(decode=False)` gives)."""
-    for key in ("image", "mask"):
-        if key in rec and isinstance(rec[key], dict):
-            rec[key] = contract.decode_png(rec[key]["bytes"])
-    if "augmented" in rec and rec["augmented"] and isinstance(rec["augmented"][0], dict):
-        rec["augmented"] = [contract.decode_png(a["bytes"]) for a in rec["augmented"]]
-    return rec
-
-
-def iter_shard_rows(path: Path, columns: Sequence[str] | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
-    """Rows of one shard with images decoded to arrays, one row group at a time.
-
-    ``decode=False`` leaves Parquet images as PNG structs, for readers that skip most rows.
-    """
-    cols = list(columns) if columns else list(contract.COLUMNS)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=ROW_GROUP_SIZE, columns=cols):
-            for rec in batch.to_pylist():
-                yield decode_row(rec) if decode else rec
-        return
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        n = f["sample_id"].shape[0]
-        for start in range(0, n, ROW_GROUP_SIZE):
-            block = {c: f[c][start : start + ROW_GROUP_SIZE] for c in cols}
-            for j in range(len(block[cols[0]])):
-                rec = {}
-                for c in cols:
-                    v = block[c][j]
-                    if isinstance(v, bytes):
-                        v = v.decode()
-                    elif c == "prompts":
-                        v = [p.decode() if isinstance(p, bytes) else p for p in v]
-                    elif c == "augmented":
-                        v = list(v)
-                    elif c in ("seeds", "spacing"):
-                        v = v.tolist()
-                    elif c == "slice_index":
-                        v = int(v)
-                    rec[c] = v
-                yield rec

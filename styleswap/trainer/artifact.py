@@ -16,46 +16,30 @@ config.json keys (beyond the network's, see `model`)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from styleswap import contract
+from styleswap.contract import Manifest
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.hub import resolve_model_repo
 from styleswap.trainer.model import CONFIG_NAME, WEIGHTS_NAME, SegNet, load_model, resolve_model_dir
 from styleswap.volumes.preprocess import Preprocessing
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _source(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The raw source's description, following ``upstream`` through datasets built from datasets."""
-    src = manifest.get("source") or {}
-    while src.get("layout") == "styleswap-dataset" and src.get("upstream"):
-        src = src["upstream"]
-    return src
-
 
 def _rule_name(rule: Any) -> str:
     """The intensity rule's name from its manifest description (``percentile`` carries no name)."""
     return str(rule.get("name", "percentile")) if isinstance(rule, dict) else "percentile"
 
 
-def preprocessing_of(manifest: dict[str, Any], image_size: tuple[int, int], input_norm: str = "unit") -> Preprocessing:
+def preprocessing_of(manifest: Manifest, image_size: tuple[int, int], input_norm: str = "unit") -> Preprocessing:
     """The preprocessing a dataset folder's slices went through, as a model records it."""
-    src = _source(manifest)
+    src = manifest.origin
     if image_size[0] != image_size[1]:
         raise StyleSwapError(f"slices of {image_size[0]} x {image_size[1]} pixels: predict needs square slices")
     rule = _rule_name((src.get("normalization") or {}).get("rule"))
-    modality = src.get("modality") or manifest.get("modality")
+    modality = manifest.modality or None
     return Preprocessing(size=int(image_size[0]), intensity=rule, input_norm=input_norm, modality=modality)
 
 
@@ -70,11 +54,11 @@ def describe_training(infos: list, cfg: Any) -> dict[str, Any]:
         mpath = Path(info.root) / contract.MANIFEST_NAME
         data.append({
             "id": str(spec),
-            "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None,
+            "manifest_sha256": contract.sha256_file(mpath) if mpath.is_file() else None,
             "rows": info.num_rows,
-            "engine": (info.manifest.get("engine") or {}).get("name") if isinstance(info.manifest.get("engine"), dict) else info.manifest.get("engine"),
-            "copies": info.manifest.get("copies"),
-            "modality": _source(info.manifest).get("modality"),
+            "engine": info.manifest.engine.name if info.manifest.engine else None,
+            "copies": info.manifest.copies,
+            "modality": info.manifest.modality or None,
         })
     # how it was trained: the run's recipe (what a resume must share) and its length, not paths or machine settings
     recipe = {k: v for k, v in cfg.recipe().items() if k not in ("data", "val", "extra")} | {"steps": cfg.steps}
@@ -124,4 +108,4 @@ def open_model(spec: str | Path) -> ModelArtifact:
     if not isinstance(config, dict) or "num_classes" not in config:
         raise StyleSwapError(f"{cpath}: not a StyleSwap model config (no num_classes)")
     pre = Preprocessing.from_config(config, str(cpath))
-    return ModelArtifact(str(spec), folder, config, sha256_file(folder / WEIGHTS_NAME), pre)
+    return ModelArtifact(str(spec), folder, config, contract.sha256_file(folder / WEIGHTS_NAME), pre)

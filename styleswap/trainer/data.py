@@ -26,7 +26,6 @@ Streaming rules (why they hold):
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from collections.abc import Iterator, Sequence
@@ -39,6 +38,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from styleswap import contract
+from styleswap.contract import Manifest, ShardReader
+from styleswap.contract.reader import read_unit
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.hub import resolve_dataset
 
@@ -65,7 +66,7 @@ class DatasetInfo:
     """A validated dataset folder."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     labels: dict[str, int]
     format: str
     shards: list[ShardInfo]
@@ -93,38 +94,6 @@ class DatasetInfo:
         return [n for n, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
 
 
-def _h5_str(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _shard_units(path: Path, fmt: str) -> tuple[int, tuple[tuple[int, int, int], ...], list[str]]:
-    """Row count, read units and column names of one shard, from file metadata only."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:  # noqa: BLE001 - any pyarrow failure means the same to the user
-            raise StyleSwapError(f"{path}: not a readable Parquet shard ({e.__class__.__name__})") from None
-        md = pf.metadata
-        units, start = [], 0
-        for i in range(md.num_row_groups):
-            n = md.row_group(i).num_rows
-            units.append((start, start + n, i))
-            start += n
-        return md.num_rows, tuple(u for u in units if u[1] > u[0]), list(pf.schema_arrow.names)
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            names = list(f.keys())
-            n = int(f["image"].shape[0]) if "image" in f else 0
-    except OSError as e:
-        raise StyleSwapError(f"{path}: not a readable HDF5 shard ({e})") from None
-    units = tuple((s, min(s + H5_BLOCK_ROWS, n), -1) for s in range(0, n, H5_BLOCK_ROWS))
-    return n, units, names
-
-
 def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
     """Validate a dataset folder and describe it.
 
@@ -138,39 +107,22 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
             column, no rows, or images of different sizes.
     """
     root = resolve_dataset(path)
-    mpath = root / contract.MANIFEST_NAME
-    if not mpath.is_file():
-        raise StyleSwapError(f"{root}: not a dataset folder (no {contract.MANIFEST_NAME})")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StyleSwapError(f"{mpath}: unreadable manifest ({e})") from None
-    labels = manifest.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise StyleSwapError(f"{mpath}: no 'labels' mapping (name -> id)")
-    labels = {str(k): int(v) for k, v in labels.items()}
-    if sorted(labels.values()) != list(range(len(labels))):
-        raise StyleSwapError(f"{mpath}: label ids must be 0..{len(labels) - 1}, got {sorted(labels.values())}")
-    fmt = manifest.get("format", "parquet")
-    if fmt not in contract.FORMATS:
-        raise StyleSwapError(f"{mpath}: unknown format {fmt!r} (expected one of {contract.FORMATS})")
-    entries = manifest.get("shards") or []
+    manifest = Manifest.read(root)  # the contract's rules: labels 0..n-1, a known format, shards
+    entries = manifest.shards
     if split is not None:
-        entries = [e for e in entries if e.get("split") == split]
+        entries = [e for e in entries if e.split == split]
     shards: list[ShardInfo] = []
     for entry in entries:
-        spath = contract.shard_file(root, entry["path"])
+        spath = manifest.shard_path(root, entry)
         if not spath.is_file():
             raise StyleSwapError(f"{spath}: shard listed in manifest.json is missing")
-        n, units, names = _shard_units(spath, fmt)
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        reader = ShardReader(spath, manifest.format)
+        missing = [c for c in REQUIRED_COLUMNS if c not in reader.columns]
         if missing:
             raise StyleSwapError(f"{spath}: missing column(s) {', '.join(missing)}")
-        shards.append(ShardInfo(spath, str(entry.get("split", "train")), n, fmt, units))
-    source = manifest.get("source") or {}
-    modality = manifest.get("modality") or source.get("modality") or (source.get("upstream") or {}).get("modality") or ""
-    info = DatasetInfo(root, manifest, labels, fmt, shards, (0, 0), str(modality),
-                       volume_stats=dict(manifest.get("volume_stats") or {}))
+        shards.append(ShardInfo(spath, entry.split, reader.num_rows, manifest.format, reader.units))
+    info = DatasetInfo(root, manifest, dict(manifest.labels), manifest.format, shards, (0, 0), manifest.modality,
+                       volume_stats=dict(manifest.volume_stats or {}))
     if info.num_rows == 0:
         what = f"split {split!r}" if split else "dataset"
         raise StyleSwapError(f"{root}: empty {what} (no rows in any shard)")
@@ -178,64 +130,19 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
     row = next(iter(_read_unit(first, first.units[0])))
     img = _decode_cell(row["image"], first.path, row["sample_id"], "image")
     info.image_size = (int(img.shape[0]), int(img.shape[1]))
-    info.copies = int(manifest["copies"]) if isinstance(manifest.get("copies"), int) else len(row["augmented"])
+    info.copies = manifest.copies or len(row["augmented"])  # a folder written by hand may not say
     return info
 
 
 def _read_unit(shard: ShardInfo, unit: tuple[int, int, int]) -> Iterator[dict[str, Any]]:
     """Raw rows of one unit: PNG bytes (Parquet) or arrays (HDF5), not decoded."""
-    start, stop, group = unit
-    if shard.fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(shard.path).read_row_group(group, columns=list(REQUIRED_COLUMNS))
-        cols = {c: table.column(c).to_pylist() for c in REQUIRED_COLUMNS}
-        for i in range(table.num_rows):
-            yield {
-                "sample_id": cols["sample_id"][i],
-                "case_id": cols["case_id"][i],
-                "slice_index": int(cols["slice_index"][i]),
-                "image": _struct_bytes(cols["image"][i]),
-                "mask": _struct_bytes(cols["mask"][i]),
-                "augmented": [_struct_bytes(a) for a in (cols["augmented"][i] or [])],
-                "spacing": cols["spacing"][i],
-                "shard": shard.path,
-            }
-        return
-    import h5py
-
-    with h5py.File(shard.path, "r") as f:
-        image = f["image"][start:stop]
-        mask = f["mask"][start:stop]
-        aug = f["augmented"][start:stop]
-        spacing = f["spacing"][start:stop]
-        sidx = f["slice_index"][start:stop]
-        sids = f["sample_id"][start:stop]
-        cids = f["case_id"][start:stop]
-    for i in range(stop - start):
-        yield {
-            "sample_id": _h5_str(sids[i]),
-            "case_id": _h5_str(cids[i]),
-            "slice_index": int(sidx[i]),
-            "image": image[i],
-            "mask": mask[i],
-            "augmented": list(aug[i]),
-            "spacing": spacing[i].tolist(),
-            "shard": shard.path,
-        }
-
-
-def _struct_bytes(value: Any) -> bytes:
-    # datasets `Image` columns are structs {bytes, path}; accept raw bytes too
-    if isinstance(value, dict):
-        if value.get("bytes") is None:
-            raise StyleSwapError(f"image stored by path only ({value.get('path')!r}); the contract embeds bytes")
-        return value["bytes"]
-    return value
+    for row in read_unit(shard.path, shard.fmt, unit, REQUIRED_COLUMNS):
+        row["shard"] = shard.path
+        yield row
 
 
 def _decode(value: bytes | np.ndarray) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else contract.decode_png(value)
+    return contract.decode_image(value)
 
 
 def _decode_cell(value: bytes | np.ndarray, shard: Path, sid: str, what: str) -> np.ndarray:

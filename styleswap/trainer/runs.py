@@ -10,12 +10,12 @@ settings; resumes are appended to its ``resumes`` list.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from styleswap import contract
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.config import TrainConfig, flag
 
@@ -27,8 +27,7 @@ RUN_ENTRIES = (CONFIG_NAME, "metrics.csv", "curves.png", "checkpoints", "best", 
 def data_identity(root: Path) -> dict[str, str]:
     """A dataset's identity by content: its folder and the sha256 of its manifest.json (which holds
     every shard's sha256), so a moved or re-downloaded copy of the same data is the same data."""
-    manifest = Path(root) / "manifest.json"
-    return {"path": str(root), "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    return {"path": str(root), "manifest_sha256": contract.sha256_file(Path(root) / contract.MANIFEST_NAME)}
 
 
 def is_eval_folder(path: Path) -> bool:

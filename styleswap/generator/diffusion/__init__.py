@@ -9,8 +9,10 @@ Modules (imported lazily; importing this package does not import diffusers):
 - ``training``: the shared accelerate loop (checkpoints, resume, validation grids).
 - ``finetune``: VAE learning (tiny only) and DreamBooth instance tuning of the U-Net.
 - ``controlnet``: ControlNet training on top of the tuned U-Net.
-- ``prompts``: style prompt sets (template + vocabulary), sampled per copy seed.
+- ``prompts``: style prompt sets (template + vocabulary), sampled per copy seed; the sets shipped
+  with the package are in ``prompt_sets/`` (package data).
+- ``pipeline``: the ControlNet pipeline and one batched render call (inference only).
 - ``engine``: ``ControlNetEngine`` (registry name ``controlnet``).
 - ``chain``: ``ensure_models`` trains what a build needs, cached by data and settings hash.
-- ``cli``: ``augment finetune`` and ``augment controlnet``.
+- ``cli``: ``augment finetune`` and ``augment controlnet``, and this engine's ``augment build`` options.
 """

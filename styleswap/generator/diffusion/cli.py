@@ -1,16 +1,21 @@
 """``augment finetune`` and ``augment controlnet``: thin Typer commands over the Python API.
 
-``register(app)`` adds both commands to the lead's ``augment`` Typer app. Errors are
-`StyleSwapError`s, which the app's ``main()`` prints as one line.
+``register(app)`` adds both commands to the ``augment`` Typer app, and the diffusion engine's
+options to its generic ``build`` command (``--style-swap/--no-style-swap``, ``--allow-pickle``), so
+that the generic command carries none of them itself. Errors are `StyleSwapError`s, which the
+app's ``main()`` prints as one line.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from .loading import allow_pickle as allowing_pickle
 from .loading import with_allow_pickle_flag
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Source dataset folder (manifest.json + data/*.parquet).")]
@@ -132,7 +137,32 @@ def controlnet_cmd(
         typer.echo(f"ControlNet: {info['controlnet']} (step {info['global_step']})")
 
 
+StyleSwapOpt = Annotated[Optional[bool], typer.Option("--style-swap/--no-style-swap", help="controlnet: render with the base U-Net (Style Swap, default) or the DreamBooth-tuned one (the ablation).")]
+BuildPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="controlnet: also load model folders whose weights are pickle files (*.bin, *.pt, *.ckpt, ...) and no safetensors. Pickle can run arbitrary code: only for files you trust. Never taken from a recipe.")]
+
+
+def with_build_options(build: Callable[..., Any]) -> Callable[..., Any]:
+    """The generic ``augment build`` command with this engine's options added to its signature."""
+    base = inspect.signature(build, eval_str=True)
+    extra = [inspect.Parameter("style_swap", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=StyleSwapOpt),
+             inspect.Parameter("allow_pickle", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=BuildPickleOpt)]
+
+    @functools.wraps(build)
+    def command(*args: Any, style_swap: bool | None = None, allow_pickle: bool = False, **kwargs: Any) -> Any:
+        if style_swap is not None:  # an engine setting, on top of the recipe's and --engine-opt's
+            kwargs["engine_opt"] = [*(kwargs.get("engine_opt") or []), f"style_swap={str(style_swap).lower()}"]
+        with allowing_pickle(bool(allow_pickle)):  # for this command only, its render workers included
+            return build(*args, **kwargs)
+
+    command.__signature__ = base.replace(parameters=[*base.parameters.values(), *extra])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    return command
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``finetune`` and ``controlnet`` to the ``augment`` app."""
+    """Add ``finetune`` and ``controlnet`` to the ``augment`` app, and this engine's options to ``build``."""
     app.command("finetune")(finetune_cmd)
     app.command("controlnet")(controlnet_cmd)
+    for info in app.registered_commands:
+        if (info.name or getattr(info.callback, "__name__", "")) == "build":
+            info.callback = with_build_options(info.callback)

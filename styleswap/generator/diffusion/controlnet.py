@@ -80,7 +80,7 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
         return F.mse_loss(pred.float(), target.to(dev))
 
     def validate(model, step):
-        from .engine import build_pipeline, render_batch
+        from .pipeline import build_pipeline, render_batch
         from .prompts import load_prompt_set
 
         pset = load_prompt_set(prompt_set)

@@ -9,7 +9,6 @@ the conditioning image of `conditioning.encode_mask`. Slices are held in memory 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from styleswap import contract
+from styleswap.contract import Manifest, ShardReader
 from styleswap.errors import StyleSwapError
 
 from .conditioning import encode_mask, resize_image
@@ -50,16 +50,18 @@ class SliceSet:
         return encode_mask(self.masks[i], resolution, encoding, image=self.images[i])
 
 
-def shard_files(data_dir: Path) -> list[Path]:
-    """The Parquet shards of a dataset folder, as its manifest lists them."""
-    from styleswap.generator import dataset
+def _manifest(data_dir: Path) -> Manifest:
+    return Manifest.read(data_dir).require_styleswap(Path(data_dir) / contract.MANIFEST_NAME)
 
+
+def shard_files(data_dir: Path, manifest: Manifest | None = None) -> list[Path]:
+    """The Parquet shards of a dataset folder, as its manifest lists them."""
     data_dir = Path(data_dir)
-    manifest = dataset.read_manifest(data_dir)
-    if manifest.get("format", "parquet") != "parquet":
+    manifest = manifest or _manifest(data_dir)
+    if manifest.format != "parquet":
         raise StyleSwapError(f"{data_dir}: diffusion training reads Parquet datasets; "
                              f"run `augment convert {data_dir} --to parquet --out DIR` first")
-    files = [dataset.shard_path(data_dir, e) for e in manifest["shards"]]
+    files = [manifest.shard_path(data_dir, e) for e in manifest.shards]
     if not files:
         raise StyleSwapError(f"{data_dir}: the manifest lists no shards")
     missing = [str(f) for f in files if not f.is_file()]
@@ -68,45 +70,31 @@ def shard_files(data_dir: Path) -> list[Path]:
     return files
 
 
-def data_hash(data_dir: Path) -> str:
+def data_hash(data_dir: Path, manifest: Manifest | None = None) -> str:
     """sha256 over the manifest's per-shard sha256s (or the shard bytes when not listed)."""
     data_dir = Path(data_dir)
-    manifest = data_dir / contract.MANIFEST_NAME
-    digests: list[str] = []
-    if manifest.is_file():
-        for entry in json.loads(manifest.read_text()).get("shards", []):
-            if isinstance(entry, dict) and entry.get("sha256"):
-                digests.append(str(entry["sha256"]))
+    manifest = manifest or _manifest(data_dir)
+    digests = [e.sha256 for e in manifest.shards if e.sha256]
     if not digests:
-        for f in shard_files(data_dir):
-            digests.append(hashlib.sha256(f.read_bytes()).hexdigest())
+        digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in shard_files(data_dir, manifest)]
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def load_slices(data_dir: str | Path, limit: int | None = None) -> SliceSet:
     """Decode all (or the first ``limit``) source slices of a dataset folder, in shard order."""
-    import pyarrow.parquet as pq
-
     data_dir = Path(data_dir)
+    manifest = _manifest(data_dir)
     ids, mods, images, masks = [], [], [], []
-    for f in shard_files(data_dir):
-        table = pq.read_table(f, columns=["sample_id", "modality", "image", "mask"])
-        cols = {c: table.column(c).to_pylist() for c in table.column_names}
-        for sid, mod, img, msk in zip(cols["sample_id"], cols["modality"], cols["image"], cols["mask"]):
-            img_b = img["bytes"] if isinstance(img, dict) else img
-            msk_b = msk["bytes"] if isinstance(msk, dict) else msk
-            ids.append(sid)
-            mods.append(mod or "CT")
-            images.append(contract.to_unit_float(contract.decode_png(img_b)))
-            masks.append(contract.decode_png(msk_b).astype(np.uint8))
+    for f in shard_files(data_dir, manifest):
+        for row in ShardReader(f).iter_rows(["sample_id", "modality", "image", "mask"]):
+            ids.append(row["sample_id"])
+            mods.append(row["modality"] or "CT")
+            images.append(contract.to_unit_float(row["image"]))
+            masks.append(row["mask"].astype(np.uint8))
             if limit and len(ids) >= limit:
                 break
         if limit and len(ids) >= limit:
             break
     if not ids:
         raise StyleSwapError(f"{data_dir} holds no slices")
-    labels = {}
-    manifest = data_dir / contract.MANIFEST_NAME
-    if manifest.is_file():
-        labels = json.loads(manifest.read_text()).get("labels", {}) or {}
-    return SliceSet(ids, mods, images, masks, data_hash(data_dir), labels)
+    return SliceSet(ids, mods, images, masks, data_hash(data_dir, manifest), dict(manifest.labels))

@@ -8,7 +8,8 @@ A prompt set is a YAML file::
       appearance: [high contrast, grainy, ...]
 
 or a plain list of prompts (``prompts: [...]``). ``load_prompt_set`` takes a path or the name of a
-file under ``manifests/prompts/`` (``default``). A copy's prompt is drawn by
+set shipped inside the package (``prompt_sets/<name>.yaml`` next to this module, read with
+``importlib.resources`` so that an installed wheel finds it: ``default``). A copy's prompt is drawn by
 ``numpy.random.default_rng(seed)`` over the template's fields in alphabetical order, so it depends
 only on the seed.
 """
@@ -19,14 +20,20 @@ import hashlib
 import json
 import string
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from styleswap.errors import StyleSwapError
 
-PROMPTS_DIR = Path(__file__).resolve().parents[3] / "manifests" / "prompts"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+#: The prompt sets shipped with the package (package data of this package).
+PROMPT_SETS = resources.files(__package__) / "prompt_sets"
 
 
 @dataclass(frozen=True)
@@ -85,14 +92,20 @@ def prompt_set_from_dict(data: object, source: str = "<inline>") -> PromptSet:
     return PromptSet(str(template), {str(k): tuple(str(x) for x in (v or [])) for k, v in vocab.items()}, source)
 
 
-def resolve_prompt_set_path(ref: str | Path) -> Path:
+def packaged_prompt_sets() -> list[str]:
+    return sorted(t.name.rsplit(".", 1)[0] for t in PROMPT_SETS.iterdir() if t.name.endswith((".yaml", ".yml")))
+
+
+def resolve_prompt_set_path(ref: str | Path) -> "Path | Traversable":
+    """A prompt set file: ``ref`` itself if it is a file, else the packaged set of that name."""
     p = Path(ref).expanduser()
     if p.is_file():
         return p
-    for cand in (PROMPTS_DIR / f"{ref}.yaml", PROMPTS_DIR / f"{ref}.yml", PROMPTS_DIR / str(ref)):
-        if cand.is_file():
-            return cand
-    raise StyleSwapError(f"prompt set {ref!r} not found (a YAML path or a name under {PROMPTS_DIR})")
+    for cand in (f"{ref}.yaml", f"{ref}.yml", str(ref)):
+        if "/" not in cand and (PROMPT_SETS / cand).is_file():
+            return PROMPT_SETS / cand
+    raise StyleSwapError(f"prompt set {ref!r} not found (a YAML path, or one of the packaged sets: "
+                         f"{', '.join(packaged_prompt_sets())})")
 
 
 def load_prompt_set(ref: str | Path | dict | list | PromptSet = "default") -> PromptSet:
@@ -102,7 +115,7 @@ def load_prompt_set(ref: str | Path | dict | list | PromptSet = "default") -> Pr
         return prompt_set_from_dict(ref)
     path = resolve_prompt_set_path(ref)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise StyleSwapError(f"prompt set {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     return prompt_set_from_dict(data, str(path))

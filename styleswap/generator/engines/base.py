@@ -46,8 +46,17 @@ class Engine(ABC):
     name: ClassVar[str]
     #: How many requests the pipeline hands to one ``render`` call.
     batch_size: int = 16
-    #: True when `prepare` needs the source as a dataset folder (the build ingests it first).
+    # What the engine needs, declared here so that executors ask instead of checking names:
+    #: it computes with torch (render workers set torch's thread count; other builds never import it);
+    uses_torch: ClassVar[bool] = False
+    #: `prepare` trains models on the source, so it needs the source as a dataset folder (the build
+    #: ingests a raw source first) and the models are files every render worker loads.
     needs_dataset: ClassVar[bool] = False
+
+    @classmethod
+    def gpus_per_worker(cls, settings: dict[str, Any]) -> float:
+        """GPUs a render worker asks a cluster scheduler (Ray) for, when the cluster has GPUs."""
+        return 0.0
 
     @classmethod
     def prepare(cls, settings: dict[str, Any], source_dir: Path | None, cache_dir: Path) -> dict[str, Any]:

@@ -143,6 +143,7 @@ class GINEngine(Engine):
     """Random shallow conv nets as style interventions (Ouyang et al., TMI 2022; see module doc)."""
 
     name = "gin"
+    uses_torch = True
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Seeds that depend only on what is rendered, never on who renders it or when."""
+"""The seed of every rendered copy: a function of what is rendered, never of who renders it or when."""
 
 from __future__ import annotations
 

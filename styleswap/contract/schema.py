@@ -1,4 +1,4 @@
-"""The dataset contract: what the generator and the trainer share (with `errors` and `safe_state`).
+"""The row format of the contract: columns, shard file names, the PNG codec, label ids and colours.
 
 A dataset folder holds::
 
@@ -25,9 +25,6 @@ spacing        list<float32>              row spacing, column spacing, slice thi
 HDF5 shards carry the same fields as fixed-shape arrays: ``image`` (N, H, W), ``mask`` (N, H, W),
 ``augmented`` (N, K, H, W), ``seeds`` (N, K), ``spacing`` (N, 3), ``slice_index`` (N,), and
 variable-length UTF-8 strings for the rest (``prompts`` is (N, K)).
-
-This module is deliberately free of the diffusion stack and of medical-file readers so that both
-halves (and users' own code) can import it cheaply.
 """
 
 from __future__ import annotations
@@ -39,6 +36,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from styleswap.errors import StyleSwapError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -104,8 +103,6 @@ def shard_file(folder: Path, rel: str) -> Path:
     """The file of a manifest's shard path ``rel``, refused if it leads outside the dataset folder
     (an absolute path, ``..``, or a symlinked ``data/``): a downloaded dataset must not make either
     half read or overwrite files elsewhere."""
-    from styleswap.errors import StyleSwapError
-
     folder = Path(folder)
     target = (folder / rel).resolve()
     if Path(rel).is_absolute() or not target.is_relative_to(folder.resolve()):
@@ -182,3 +179,14 @@ def from_unit_float(image: np.ndarray, dtype=np.uint8) -> np.ndarray:
     """Float image in [0, 1] to stored pixels, clipped and rounded."""
     scale = 255.0 if np.dtype(dtype) == np.uint8 else 65535.0
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * scale), 0, scale).astype(dtype)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """A file's sha256, read in chunks: how manifests name shards and models name their weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

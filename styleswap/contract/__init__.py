@@ -1,0 +1,47 @@
+"""The dataset contract: what the generator and the trainer share (with `errors` and `safe_state`).
+
+- `schema`: the columns, shard file names, the PNG codec, the label set and its colours;
+- `manifest`: ``manifest.json`` as the `Manifest` type (read, validate, write);
+- `reader`: the one shard-row reader (`ShardReader`, `decode_row`);
+- `seeds`: `derive_seed`, the seed of every rendered copy.
+
+This package is deliberately free of the diffusion stack, of torch and of medical-file readers, so
+that both halves (and users' own code) can import it cheaply.
+"""
+
+from styleswap.contract.manifest import TOOL, Counts, EngineRecord, Manifest, ShardEntry, SplitInfo
+from styleswap.contract.reader import ShardReader, count_rows, decode_image, decode_row, read_unit
+from styleswap.contract.schema import (
+    CARD_NAME,
+    COLUMNS,
+    DATA_DIR,
+    DEFAULT_LABELS,
+    FORMAT_VERSION,
+    FORMATS,
+    LABEL_COLORS,
+    MANIFEST_NAME,
+    PNG_COMPRESS_LEVEL,
+    ROW_GROUP_SIZE,
+    SHARD_SUFFIX,
+    STAGING_DIR,
+    decode_png,
+    encode_png,
+    from_unit_float,
+    hf_features,
+    parse_shard_name,
+    sample_id,
+    shard_file,
+    sha256_file,
+    shard_name,
+    to_unit_float,
+)
+from styleswap.contract.seeds import derive_seed
+
+__all__ = [
+    "CARD_NAME", "COLUMNS", "DATA_DIR", "DEFAULT_LABELS", "FORMAT_VERSION", "FORMATS", "LABEL_COLORS",
+    "MANIFEST_NAME", "PNG_COMPRESS_LEVEL", "ROW_GROUP_SIZE", "SHARD_SUFFIX", "STAGING_DIR", "TOOL",
+    "Counts", "EngineRecord", "Manifest", "ShardEntry", "ShardReader", "SplitInfo",
+    "count_rows", "decode_image", "decode_png", "decode_row", "derive_seed", "read_unit", "encode_png",
+    "from_unit_float",
+    "hf_features", "parse_shard_name", "sample_id", "sha256_file", "shard_file", "shard_name", "to_unit_float",
+]
