@@ -289,7 +289,7 @@ def test_varying_copies_cannot_become_hdf5(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from styleswap.generator.shards import sha256_file
+    from styleswap.contract import sha256_file
 
     src = build(tmp_path / "src", "--rows-per-shard", "100")
     m = json.loads((src / "manifest.json").read_text())
