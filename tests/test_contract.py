@@ -125,3 +125,31 @@ def test_the_copy_seed_is_pinned():
     """Changing the seed function changes every dataset's bytes: it must not change by accident."""
     assert contract.derive_seed(3, "case_00/0007", 1) == contract.derive_seed(3, "case_00/0007", 1)
     assert [contract.derive_seed(0, "phantom_000/0012", c) for c in range(2)] == [7457405784902403540, 877666412709141811]
+
+
+def test_the_shard_schema_and_card_features_are_those_datasets_would_write():
+    """Built without importing `datasets`, yet identical to what `datasets` makes of the features."""
+    features = contract.hf_features()
+    assert contract.arrow_schema().equals(features.arrow_schema, check_metadata=True)
+    assert contract.card_features() == features._to_yaml_list()
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_png_codec_round_trip_and_any_reader_reads_it(dtype, top):
+    """The contract's PNG writer: lossless, deterministic, standard (PIL decodes it to the same
+    pixels), grayscale at the array's bit depth; edge cases: one pixel, constant, full range."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(0, top + 1, (37, 53)).astype(dtype), np.zeros((1, 1), dtype), np.full((3, 2), top, dtype),
+              np.arange(64, dtype=dtype).reshape(8, 8)):  # fmt: skip
+        data = contract.encode_png(a)
+        assert data == contract.encode_png(a.copy())  # deterministic
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.size == (a.shape[1], a.shape[0]) and im.mode == ("L" if dtype == np.uint8 else "I;16")
+            assert np.array_equal(np.asarray(im).astype(dtype), a)
+        assert np.array_equal(contract.decode_png(data), a) and contract.decode_png(data).dtype == dtype
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        contract.encode_png(np.zeros((2, 2), np.float32))

@@ -24,6 +24,9 @@ from styleswap.contract.schema import (
     ROW_GROUP_SIZE,
     SHARD_SUFFIX,
     STAGING_DIR,
+    FEATURES,
+    arrow_schema,
+    card_features,
     decode_png,
     encode_png,
     from_unit_float,
@@ -41,7 +44,7 @@ __all__ = [
     "CARD_NAME", "COLUMNS", "DATA_DIR", "DEFAULT_LABELS", "FORMAT_VERSION", "FORMATS", "LABEL_COLORS",
     "MANIFEST_NAME", "PNG_COMPRESS_LEVEL", "ROW_GROUP_SIZE", "SHARD_SUFFIX", "STAGING_DIR", "TOOL",
     "Counts", "EngineRecord", "Manifest", "ShardEntry", "ShardReader", "SplitInfo",
-    "count_rows", "decode_image", "decode_png", "decode_row", "derive_seed", "read_unit", "encode_png",
+    "FEATURES", "arrow_schema", "card_features", "count_rows", "decode_image", "decode_png", "decode_row", "derive_seed", "read_unit", "encode_png",
     "from_unit_float",
     "hf_features", "parse_shard_name", "sample_id", "sha256_file", "shard_file", "shard_name", "to_unit_float",
 ]

@@ -51,7 +51,7 @@ def front_matter(manifest: Manifest, license: str | None) -> dict[str, Any]:
         # The features of the shards themselves (their Arrow schema carries the same), so the Hub's
         # viewer and `load_dataset` decode images without guessing.
         meta["dataset_info"] = {
-            "features": contract.hf_features()._to_yaml_list(),
+            "features": contract.card_features(),
             "splits": [
                 {"name": s, "num_bytes": sum(e.bytes or 0 for e in manifest.shards if e.split == s),
                  "num_examples": sum(e.num_rows for e in manifest.shards if e.split == s)}

@@ -50,10 +50,11 @@ def iter_rows(folder: Path, columns=None, split: str | None = None) -> Iterator[
 
 def source_slice(raw: dict[str, Any], split: str) -> SourceSlice:
     """An undecoded shard row (`ShardReader.read`) as a source slice."""
+    png = {k: raw[k] for k in ("image", "mask") if isinstance(raw.get(k), bytes)} or None
     r = contract.decode_row(raw)
     return SourceSlice(sample_id=r["sample_id"], case_id=r["case_id"], slice_index=r["slice_index"],
                        modality=r["modality"], image=r["image"], mask=r["mask"], spacing=tuple(r["spacing"]),
-                       split=split)
+                       split=split, png=png)
 
 
 def iter_source_slices(folder: Path, manifest: Manifest | None = None,

@@ -89,7 +89,7 @@ class Renderer:
                 image=s.image, mask=s.mask,
                 augmented=[contract.from_unit_float(c.image, s.image.dtype) for c in mine],
                 prompts=[c.prompt for c in mine], seeds=[r.seed for r in reqs],
-                engine=job.engine, spacing=tuple(float(x) for x in s.spacing), split=s.split,
+                engine=job.engine, spacing=tuple(float(x) for x in s.spacing), split=s.split, source_png=s.png,
             )
             if job.encode:
                 row.encode()

@@ -45,11 +45,14 @@ class Row:
     # PNG bytes, filled by the renderer (in worker processes) when the format is Parquet, so that
     # encoding is parallel and the single writer only writes bytes.
     encoded: dict[str, Any] | None = field(default=None, repr=False)
+    #: the source's PNG bytes of ``image`` and ``mask`` (`SourceSlice.png`), written as they are
+    source_png: dict[str, bytes] | None = field(default=None, repr=False)
 
     def encode(self) -> None:
+        png = self.source_png or {}
         self.encoded = {
-            "image": contract.encode_png(self.image),
-            "mask": contract.encode_png(self.mask),
+            "image": png.get("image") or contract.encode_png(self.image),
+            "mask": png.get("mask") or contract.encode_png(self.mask),
             "augmented": [contract.encode_png(a) for a in self.augmented],
         }
 
@@ -59,7 +62,7 @@ class _ParquetShard:
         import pyarrow.parquet as pq
 
         self.path = path
-        self.schema = contract.hf_features().arrow_schema
+        self.schema = contract.arrow_schema()
         self.writer = pq.ParquetWriter(path, self.schema, compression="none")
         self.pending: list[Row] = []
 

@@ -37,3 +37,6 @@ class SourceSlice:
     spacing: tuple[float, float, float]  # row spacing, column spacing, slice thickness (mm)
     split: str = "train"
     extra: dict = field(default_factory=dict)
+    #: the PNG bytes of ``image`` and ``mask`` as an ingested dataset stores them: written again
+    #: as they are, instead of decoding and re-encoding the same pixels (None: encode)
+    png: dict[str, bytes] | None = None
