@@ -1,4 +1,4 @@
-"""Fast checks of the sd15-random preset's configs (no weights)."""
+"""Fast checks of the sd15-random preset's configs and the training options it needs (no weights)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import json
 import pytest
 import torch
 
+from styleswap.errors import StyleSwapError
 from styleswap.generator.diffusion.presets import PRESETS, SD15_MAX_LENGTH, sd15_configs
+from styleswap.generator.diffusion.training import TrainArgs, make_optimizer
 
 #: Parameter counts of Stable Diffusion 1.5's models (and of a ControlNet made from its U-Net).
 SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480, "controlnet": 361_279_120}
@@ -52,3 +54,17 @@ def test_random_weights_folder_warns(tmp_path):
         assert warn_if_random_weights(tmp_path)
     (tmp_path / "styleswap_preset.json").write_text(json.dumps({"preset": "tiny"}))
     assert not warn_if_random_weights(tmp_path)
+
+
+def test_optimizer_choices(tmp_path):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    with pytest.raises(StyleSwapError, match="--optimizer must be one of adamw, sgd"):
+        TrainArgs(output_dir=tmp_path, optimizer="lion")
+    sgd = make_optimizer(TrainArgs(output_dir=tmp_path, optimizer="sgd", learning_rate=0.5), params)
+    params[0].grad = torch.ones(3)
+    sgd.step()
+    assert not sgd.state_dict()["state"]  # stateless
+    adamw = make_optimizer(TrainArgs(output_dir=tmp_path), params)
+    assert isinstance(adamw, torch.optim.AdamW)
+    adamw.step()
+    assert set(adamw.state_dict()["state"][0]) >= {"exp_avg", "exp_avg_sq"}
