@@ -13,7 +13,7 @@ import torch
 
 from styleswap.errors import StyleSwapError
 from styleswap.generator.diffusion.presets import PRESETS, SD15_MAX_LENGTH, sd15_configs
-from styleswap.generator.diffusion.training import TrainArgs, make_optimizer
+from styleswap.generator.diffusion.training import TrainArgs, make_accelerator, make_optimizer
 
 #: Parameter counts of Stable Diffusion 1.5's models (and of a ControlNet made from its U-Net).
 SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480, "controlnet": 361_279_120}
@@ -68,3 +68,10 @@ def test_optimizer_choices(tmp_path):
     assert isinstance(adamw, torch.optim.AdamW)
     adamw.step()
     assert set(adamw.state_dict()["state"][0]) >= {"exp_avg", "exp_avg_sq"}
+
+
+def test_one_process_trains_under_two_precisions():
+    # accelerate alone refuses a second mixed precision in a process ("restart your runtime").
+    assert make_accelerator("bf16", cpu=True).mixed_precision == "bf16"
+    assert make_accelerator("no", cpu=True).mixed_precision == "no"
+    assert make_accelerator("bf16", cpu=True).mixed_precision == "bf16"

@@ -96,6 +96,7 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
         for i in range(k):
             cols[i].append(conds[i].permute(1, 2, 0).numpy())
             cols[i].append(((slices.image_tensor(i, res)[0] + 1) / 2).numpy())
+        tuned.float()  # frozen in half precision for training; a pipeline wants one dtype per model set
         for p in vprompts:
             for u in (base_unet, tuned):
                 pipe = build_pipeline(comps, u, model, "unipc")
@@ -103,6 +104,7 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
                                    guidance_scale=7.5, conditioning_scale=1.0, resolution=res)
                 for i in range(k):
                     cols[i].append(ims[i].numpy())
+        tuned.to(state["dtype"])
         (out / "validation").mkdir(parents=True, exist_ok=True)
         image_grid(cols).save(out / "validation" / f"step-{step:06d}.png")
 

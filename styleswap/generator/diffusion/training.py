@@ -93,6 +93,20 @@ def make_optimizer(args: TrainArgs, params: list[torch.nn.Parameter]) -> torch.o
         return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
 
 
+def make_accelerator(mixed_precision: str, cpu: bool):
+    """An Accelerator. accelerate keeps the first mixed precision of a process and refuses another
+    ("restart your runtime"); a single process that trains with a different ``--mixed-precision``
+    than before (stages called from Python, a test suite) resets that state first, as accelerate's
+    and diffusers' own tests do. The ranks of `accelerate launch` keep theirs: they all run alike."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 def training_device(args: TrainArgs) -> torch.device:
     """The device `train` will run on (its Accelerator's), so a stage can encode its frozen inputs
     there first (SD's VAE takes seconds per 512 x 512 slice on a CPU, milliseconds on a GPU)."""
@@ -202,13 +216,12 @@ def train(
     called once with the accelerator's device and the frozen-model dtype so the stage can move
     its frozen models. Returns the step count reached, the losses of this run and timing.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     if n_items < 1:
         raise StyleSwapError(f"{stage}: no training items")
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=cpu)
+    accelerator = make_accelerator(args.mixed_precision, cpu)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
@@ -271,7 +284,9 @@ def train(
         if (validate_fn is not None and args.validation_steps and step % args.validation_steps == 0
                 and accelerator.is_main_process):
             unwrapped.eval()
-            with torch.no_grad():
+            # Under --mixed-precision the frozen models are half precision and the trained one is
+            # not: the validation pipelines run under the same autocast as training (as diffusers).
+            with torch.no_grad(), accelerator.autocast():
                 validate_fn(unwrapped, step)
             unwrapped.train()
     bar.close()
