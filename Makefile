@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_render.py
 	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python bench/bench_engines.py
 
 # The CT -> MRI experiment on ../shared/data (long: about an hour per row at the full budget).
 bench-cross: setup
