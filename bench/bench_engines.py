@@ -67,6 +67,31 @@ def render_all(eng, reqs) -> None:
         eng.render(reqs[i : i + eng.batch_size])
 
 
+def measure(a: argparse.Namespace, tmp: Path, models: Path) -> list[dict]:
+    """One row per engine: ingest the slices, then load and time each engine on the same copies."""
+    with open(tmp / "ingest.log", "w+") as log:
+        if br.ingest(a.source, a.size, tmp / "data", log).wait():
+            log.seek(0)
+            raise SystemExit(f"augment ingest {a.source} failed:\n{log.read()[-2000:]}")
+    reqs = br.slice_requests(tmp / "data", a.slices, a.copies)
+    rows = []
+    for name in [e.strip() for e in a.engines.split(",") if e.strip()]:
+        t = time.perf_counter()
+        eng, res = make(name, a, models)
+        load_s = time.perf_counter() - t
+        timing = br.time_images(lambda: render_all(eng, reqs), len(reqs), a.runs)
+        dice, source = DICE.get(name, (None, "-"))
+        device = a.device if name == "controlnet" else "cpu"
+        rows.append({
+            "engine": name, "preset": a.preset if name == "controlnet" else None, "render_resolution": res,
+            "device": device, "copies": len(reqs), "batch": eng.batch_size, "load_s": round(load_s, 2),
+            "runs_s": [round(x, 3) for x in timing["runs_s"]], "seconds_per_copy": timing["seconds_per_image"],
+            "copies_per_hour": 3600 / timing["seconds_per_image"], "mri_dice": dice, "dice_source": source,
+        })
+        del eng
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", default="gin,bezier,controlnet")
@@ -87,35 +112,15 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    models = a.models or Path(tempfile.mkdtemp(prefix="bench_engines_"))
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "ingest.log", "w+") as log:
-        if br.ingest(a.source, a.size, Path(tmp) / "data", log).wait():
-            log.seek(0)
-            raise SystemExit(f"augment ingest {a.source} failed:\n{log.read()[-2000:]}")
-        reqs = br.slice_requests(Path(tmp) / "data", a.slices, a.copies)
-    rows = []
-    for name in [e.strip() for e in a.engines.split(",") if e.strip()]:
-        t = time.perf_counter()
-        eng, res = make(name, a, models)
-        load_s = time.perf_counter() - t
-        timing = br.time_images(lambda: render_all(eng, reqs), len(reqs), a.runs)
-        dice, source = DICE.get(name, (None, "-"))
-        device = a.device if name == "controlnet" else "cpu"
-        rows.append({
-            "engine": name, "preset": a.preset if name == "controlnet" else None, "render_resolution": res,
-            "device": device, "copies": len(reqs), "batch": eng.batch_size, "load_s": round(load_s, 2),
-            "runs_s": [round(x, 3) for x in timing["runs_s"]], "seconds_per_copy": timing["seconds_per_image"],
-            "copies_per_hour": 3600 / timing["seconds_per_image"], "mri_dice": dice, "dice_source": source,
-        })
-        del eng
-
+    with tempfile.TemporaryDirectory(prefix="bench_engines_") as tmp:  # data, and the models unless --models
+        rows = measure(a, Path(tmp), a.models or Path(tmp) / "models")
     print(f"\n| engine | render size | device | s / copy | copies / hour | MRI Dice % (CT -> MRI) |\n|---|---:|---|---:|---:|---|")
     for r in rows:
         name = r["engine"] + (f" ({r['preset']})" if r["preset"] else "")
         dice = f"{r['mri_dice']:.1f} ({r['dice_source']})" if r["mri_dice"] is not None else r["dice_source"]
         print(f"| {name} | {r['render_resolution']} | {r['device']} | {r['seconds_per_copy']:.4f} | "
               f"{r['copies_per_hour']:,.0f} | {dice} |")
-    settings = vars(a) | {"out": str(a.out), "models": str(models), "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    settings = vars(a) | {"out": str(a.out), "models": str(a.models), "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2, default=str) + "\n")
     print(f"written: {a.out}  (slices {a.slices} x copies {a.copies} at {a.size} x {a.size}, median of {a.runs}, "

@@ -189,8 +189,11 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=None, help="folder to build (or reuse) the models in")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "render.json")
     a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:  # sd15-random: 5.7 GB, removed after
+        run(a, a.models or Path(tmp))
 
-    models = a.models or Path(tempfile.mkdtemp(prefix="bench_render_"))
+
+def run(a: argparse.Namespace, models: Path) -> None:
     base, cn = build_models(a.preset, models)
     eng = make_engine(base, cn, steps=a.steps, batch=a.batch, device=a.device, mixed_precision=a.mixed_precision,
                       resolution=a.resolution)
@@ -206,7 +209,7 @@ def main() -> None:
     print(f"speed-up batched/naive: {res['speedup']:.2f}x  (preset={a.preset}, images={a.images}, batch={a.batch}, "
           f"steps={a.steps}, res={eng.resolution}, device={a.device}, threads={torch.get_num_threads()})")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = vars(a) | {"out": str(a.out), "models": str(models), "resolution": eng.resolution,
+    settings = vars(a) | {"out": str(a.out), "models": str(a.models), "resolution": eng.resolution,
                           "threads": torch.get_num_threads()}
     a.out.write_text(json.dumps({"settings": settings, "results": res, "speedup": res["speedup"]}, indent=2, default=str))
 
