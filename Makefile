@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_predict.py
+	$(BIN)/python bench/bench_engines.py
 
 # The CT -> MRI experiment on ../shared/data (long: about an hour per row at the full budget).
 bench-cross: setup

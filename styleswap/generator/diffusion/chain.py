@@ -22,7 +22,7 @@ from .finetune import DEFAULT_INSTANCE_PROMPT
 
 #: Settings consumed here (training); everything else is passed on to ControlNetEngine.
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "preset": None,  # "tiny" or "sd15"; default: tiny without base_model, else sd15
+    "preset": None,  # "tiny", "sd15" or "sd15-random"; default: tiny without base_model, else sd15
     "instance_prompt": DEFAULT_INSTANCE_PROMPT,
     "conditioning": "mask",
     "train_seed": 0,
@@ -66,7 +66,7 @@ def ensure_models(settings: dict, data_dir: Path, cache_dir: Path) -> dict:
     """Train (or reuse) the models engine ``controlnet`` needs; return the engine's settings."""
     from .controlnet import train_controlnet
     from .finetune import finetune, learn_vae
-    from .presets import build_tiny, get_preset
+    from .presets import build_sd15_random, build_tiny, get_preset
     from .training import TrainArgs
 
     tr, engine = split_settings(dict(settings))
@@ -90,7 +90,11 @@ def ensure_models(settings: dict, data_dir: Path, cache_dir: Path) -> dict:
             resume_from_checkpoint="latest", seed=int(tr["train_seed"]), device=engine.get("device"), progress=True,
         )
 
-    if preset.from_config and not base_model:
+    if preset.name == "sd15-random" and not base_model:  # random weights: renders are noise (tests, measurements)
+        base_model = str(cache_dir / f"sd15-random-{_key('sd15-random', tr['train_seed'])}")
+        if not (Path(base_model) / "styleswap_preset.json").is_file():
+            build_sd15_random(base_model, seed=int(tr["train_seed"]))
+    elif preset.from_config and not base_model:
         res = int(resolution or preset.resolution)
         tiny = cache_dir / f"tiny-{_key('tiny', res, tr['train_seed'])}"
         if not (tiny / "styleswap_preset.json").is_file():

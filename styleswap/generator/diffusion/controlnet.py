@@ -20,7 +20,7 @@ from styleswap.errors import StyleSwapError
 from .conditioning import ENCODINGS
 from .finetune import DEFAULT_INSTANCE_PROMPT, _frozen_to, diffusion_batch, encode_training_set
 from .loading import load_components, load_unet
-from .training import TrainArgs, barrier, image_grid, stage_record, train, write_json
+from .training import TrainArgs, barrier, image_grid, stage_record, train, training_device, write_json
 
 SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)
 
@@ -55,11 +55,16 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
     args.output_dir = out
     comps = load_components(base_model, local_files_only=local_files_only, with_unet=False)
     tuned = load_unet(unet)
-    slices, res, prompts, emb, mean, std = encode_training_set(comps, data_dir, resolution, instance_prompt)
+    slices, res, prompts, emb, mean, std = encode_training_set(comps, data_dir, resolution, instance_prompt,
+                                                               training_device(args))
     conds = torch.stack([slices.cond_tensor(i, res, conditioning) for i in range(len(slices))])
     vsf = 2 ** (len(comps.vae.config.block_out_channels) - 1)
     cn = ControlNetModel.from_unet(tuned, conditioning_embedding_out_channels=conditioning_channels(tuned, vsf))
     cn.requires_grad_(True)
+    if args.gradient_checkpointing:
+        # The loss backpropagates through the frozen U-Net into the ControlNet's residuals, so its
+        # activations are kept for the backward pass as well: checkpoint them too.
+        tuned.enable_gradient_checkpointing()
     state = {"device": torch.device("cpu"), "dtype": torch.float32}
 
     def on_device(device, dtype):
@@ -91,6 +96,7 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
         for i in range(k):
             cols[i].append(conds[i].permute(1, 2, 0).numpy())
             cols[i].append(((slices.image_tensor(i, res)[0] + 1) / 2).numpy())
+        tuned.float()  # frozen in half precision for training; a pipeline wants one dtype per model set
         for p in vprompts:
             for u in (base_unet, tuned):
                 pipe = build_pipeline(comps, u, model, "unipc")
@@ -98,6 +104,7 @@ def train_controlnet(base_model: str | Path, unet: str | Path, data_dir: str | P
                                    guidance_scale=7.5, conditioning_scale=1.0, resolution=res)
                 for i in range(k):
                     cols[i].append(ims[i].numpy())
+        tuned.to(state["dtype"])
         (out / "validation").mkdir(parents=True, exist_ok=True)
         image_grid(cols).save(out / "validation" / f"step-{step:06d}.png")
 

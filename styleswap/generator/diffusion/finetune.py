@@ -19,7 +19,7 @@ from styleswap.errors import StyleSwapError
 
 from .data import SliceSet, load_slices
 from .loading import SDComponents, check_sd_folder, folder_hash, load_components
-from .training import TrainArgs, barrier, image_grid, stage_record, train, write_json
+from .training import TrainArgs, barrier, image_grid, stage_record, train, training_device, write_json
 
 DEFAULT_INSTANCE_PROMPT = "a sks {modality} slice"
 
@@ -50,10 +50,15 @@ def encode_latent_stats(comps: SDComponents, slices: SliceSet, resolution: int, 
     return torch.cat(means), torch.cat(stds)
 
 
-def encode_training_set(comps: SDComponents, data_dir: str | Path, resolution: int | None, instance_prompt: str):
+def encode_training_set(comps: SDComponents, data_dir: str | Path, resolution: int | None, instance_prompt: str,
+                        device: torch.device | None = None):
     """What both diffusion stages train on: (slices, resolution, instance prompts, their embeddings,
-    latent mean and std per slice), with the frozen text encoder and VAE run once up front."""
+    latent mean and std per slice), with the frozen text encoder and VAE run once up front, on
+    ``device`` (the training device) when given; the results are kept on the CPU."""
     slices = load_slices(data_dir)
+    if device is not None:
+        comps.vae.to(device)
+        comps.text_encoder.to(device)
     res = resolution or comps.resolution
     if res % 8:
         raise StyleSwapError(f"--resolution {res} is not divisible by 8")
@@ -171,7 +176,8 @@ def finetune(base_model: str | Path, data_dir: str | Path, output_dir: str | Pat
     args = args or TrainArgs(output_dir=out)
     args.output_dir = out
     comps = load_components(base_model, local_files_only=local_files_only)
-    slices, res, prompts, emb, mean, std = encode_training_set(comps, data_dir, resolution, instance_prompt)
+    slices, res, prompts, emb, mean, std = encode_training_set(comps, data_dir, resolution, instance_prompt,
+                                                               training_device(args))
     unet = comps.unet
     unet.requires_grad_(True)
     base_unet_ref = base_model

@@ -1,4 +1,6 @@
-"""One loader for every Stable Diffusion folder: the tiny preset and a real SD 1.x folder or hub id.
+"""One loader for every Stable Diffusion folder: the tiny and sd15-random presets and a real SD 1.x
+folder or hub id. A folder marked ``random_weights`` (sd15-random) loads with a warning: its
+renders are noise.
 
 Everything is read with ``from_pretrained(..., use_safetensors=True)``; nothing is unpickled and no
 remote code runs. ``local_files_only`` defaults to True for a local folder and to the value of
@@ -19,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +184,17 @@ def check_local_models(settings: dict[str, Any]) -> None:
         check_model_folder(settings["unet"], "U-Net")
 
 
+def warn_if_random_weights(folder: Path) -> bool:
+    """Warn (and return True) when ``folder`` is marked as random weights (``sd15-random``)."""
+    from .presets import RANDOM_WEIGHTS_WARNING
+
+    meta = Path(folder) / "styleswap_preset.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("random_weights"):
+        warnings.warn(f"{folder}: {RANDOM_WEIGHTS_WARNING}", UserWarning, stacklevel=3)
+        return True
+    return False
+
+
 @dataclass
 class SDComponents:
     vae: Any
@@ -231,6 +245,8 @@ def load_components(ref: str | Path, local_files_only: bool | None = None, with_
     for m in (vae, text_encoder, unet):
         if m is not None:
             m.eval()
+    if local:
+        warn_if_random_weights(Path(src))
     return SDComponents(vae, text_encoder, tokenizer, unet, scheduler, src, int(sample_size))
 
 

@@ -51,7 +51,7 @@ def render_batch(pipe, conds: torch.Tensor, prompts: list[str], seeds: list[int]
     )
     index = [unique.index(p) for p in prompts]
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    images = pipe(
+    latents = pipe(
         prompt_embeds=pe[index],
         negative_prompt_embeds=ne[index] if do_cfg else None,
         image=conds.to(device, pipe.controlnet.dtype),
@@ -61,6 +61,15 @@ def render_batch(pipe, conds: torch.Tensor, prompts: list[str], seeds: list[int]
         guidance_scale=guidance_scale,
         controlnet_conditioning_scale=conditioning_scale,
         generator=generators,
-        output_type="pt",
+        output_type="latent",
     ).images
-    return images.float().mean(dim=1).clamp(0, 1).cpu()
+    return decode(pipe, latents).mean(dim=1).clamp(0, 1).cpu()
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 3, R, R) RGB float32 in [0, 1], decoded in the VAE's own dtype: the engine keeps the VAE
+    in float32 under fp16 (the pipeline's own decoding would hand it half-precision latents)."""
+    vae = pipe.vae
+    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return (image.float() * 0.5 + 0.5).clamp(0, 1)

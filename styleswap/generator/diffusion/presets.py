@@ -15,6 +15,23 @@
 
 ``sd15``
     A real Stable Diffusion 1.5 folder (or hub id when online) given by the user, 512 x 512.
+
+``sd15-random``
+    **RANDOM WEIGHTS: EVERY RENDER IS NOISE. For tests and measurements only, never for data.**
+    The exact architectures of Stable Diffusion 1.5 built from config (`sd15_configs`): the U-Net
+    (859.5M parameters), the VAE (83.7M), the CLIP ViT-L/14 text encoder (123.1M, 77 tokens) and
+    SD's PNDM scheduler config, saved in the same diffusers layout as ``tiny`` and usable wherever a
+    ``base_model`` folder is. A ControlNet made from its U-Net (``ControlNetModel.from_unet``) has
+    SD's ControlNet shapes (361.3M). It exercises every code path and every cost of the ``sd15``
+    path (shapes, memory, speed, fp16/bf16, gradient checkpointing) except the prior itself.
+    Its tokenizer is the local byte-level one (model_max_length 77): prompts tokenize one byte per
+    token, so a prompt takes more tokens than with SD's real BPE tokenizer (long prompts are cut
+    at 77 sooner), and token ids differ. The text encoder keeps SD's vocabulary size (49408, which
+    covers the 514 byte-level ids) so its embedding table has SD's shape; only its bos/eos/pad ids
+    are set to the byte tokenizer's. ``styleswap_preset.json`` says ``"random_weights": true`` and
+    loading such a folder warns. Build it with
+    ``python -m styleswap.generator.diffusion.presets sd15-random --out models/sd15-random``
+    (4.3 GB of safetensors), or ``preset: sd15-random`` in a build recipe without ``base_model``.
 """
 
 from __future__ import annotations
@@ -39,12 +56,17 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 64, True, "built from config: 64x64, 8x VAE learned on the source slices"),
     "sd15": Preset("sd15", 512, False, "a Stable Diffusion 1.5 folder or hub id given with --base-model"),
+    "sd15-random": Preset("sd15-random", 512, True,
+                          "SD 1.5 architectures with RANDOM weights (renders are noise): for tests and measurements"),
 }
 
 #: Token ids of the local byte-level tokenizer (256 bytes, 256 `</w>` variants, then specials).
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 TINY_MAX_LENGTH = 128
+SD15_MAX_LENGTH = 77
+#: What a random-weights folder's ``styleswap_preset.json`` says, and what loading it warns.
+RANDOM_WEIGHTS_WARNING = "random weights: every render is noise (sd15-random exists to test and to measure)"
 
 
 def get_preset(name: str) -> Preset:
@@ -156,21 +178,87 @@ def tiny_configs(resolution: int = 64) -> dict[str, dict[str, Any]]:
     }
 
 
-def build_tiny(folder: str | Path, resolution: int = 64, seed: int = 0) -> Path:
-    """Build the ``tiny`` preset from config (seeded) and save it in the diffusers SD layout."""
+def sd15_configs() -> dict[str, dict[str, Any]]:
+    """Configs of Stable Diffusion 1.5's models (its ``*/config.json``), for ``sd15-random``.
+
+    Architecture fields are SD 1.5's exactly; the text encoder's bos/eos/pad ids are the local
+    byte-level tokenizer's (512, 513, 513) instead of CLIP's BPE ids.
+    """
+    return {
+        "unet": dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            center_input_sample=False,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            downsample_padding=1,
+            mid_block_scale_factor=1,
+            act_fn="silu",
+            norm_num_groups=32,
+            norm_eps=1e-5,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        ),
+        "vae": dict(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            act_fn="silu",
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=512,
+            scaling_factor=0.18215,
+        ),
+        "text_encoder": dict(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=SD15_MAX_LENGTH,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=768,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        ),
+        "scheduler": dict(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            skip_prk_steps=True,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="epsilon",
+        ),
+    }
+
+
+def _save_sd_folder(folder: Path, cfg: dict[str, dict[str, Any]], scheduler_class: str, max_length: int,
+                    seed: int, meta: dict[str, Any]) -> Path:
+    """Build every model of ``cfg`` (seeded), write the byte tokenizer, save the diffusers layout."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    folder = Path(folder)
-    cfg = tiny_configs(resolution)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**cfg["unet"])
     vae = AutoencoderKL(**cfg["vae"])
     text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    scheduler = DDPMScheduler(**cfg["scheduler"])
+    scheduler = getattr(diffusers, scheduler_class)(**cfg["scheduler"])
     tok_dir = folder / "tokenizer"
-    write_byte_tokenizer(tok_dir)
+    write_byte_tokenizer(tok_dir, model_max_length=max_length)
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -183,7 +271,39 @@ def build_tiny(folder: str | Path, resolution: int = 64, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    (folder / "styleswap_preset.json").write_text(
-        json.dumps({"preset": "tiny", "resolution": resolution, "seed": seed, "vae_learned": False}, indent=2)
-    )
+    (folder / "styleswap_preset.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def build_tiny(folder: str | Path, resolution: int = 64, seed: int = 0) -> Path:
+    """Build the ``tiny`` preset from config (seeded) and save it in the diffusers SD layout."""
+    meta = {"preset": "tiny", "resolution": resolution, "seed": seed, "vae_learned": False}
+    return _save_sd_folder(Path(folder), tiny_configs(resolution), "DDPMScheduler", TINY_MAX_LENGTH, seed, meta)
+
+
+def build_sd15_random(folder: str | Path, seed: int = 0) -> Path:
+    """Build ``sd15-random`` (SD 1.5's architectures, RANDOM weights: renders are noise) and save it
+    in the diffusers SD layout. Takes about 4 GB of memory and 4.3 GB of disk."""
+    meta = {"preset": "sd15-random", "resolution": 512, "seed": seed, "random_weights": True,
+            "warning": RANDOM_WEIGHTS_WARNING}
+    return _save_sd_folder(Path(folder), sd15_configs(), "PNDMScheduler", SD15_MAX_LENGTH, seed, meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m styleswap.generator.diffusion.presets tiny|sd15-random --out DIR [--seed N]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m styleswap.generator.diffusion.presets",
+                                 description="Build a preset from config and save it as a diffusers SD folder.")
+    ap.add_argument("preset", choices=[name for name, p in PRESETS.items() if p.from_config])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if (a.out / "model_index.json").exists():
+        raise SystemExit(f"{a.out} already holds a model folder; choose another --out")
+    folder = build_tiny(a.out, seed=a.seed) if a.preset == "tiny" else build_sd15_random(a.out, seed=a.seed)
+    print(f"{a.preset}: {folder}" + (f"  ({RANDOM_WEIGHTS_WARNING})" if a.preset == "sd15-random" else ""))
+
+
+if __name__ == "__main__":
+    main()
