@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "styleswap"
 SHARED = ("styleswap.contract", "styleswap.errors", "styleswap.safe_state", "styleswap.checkpoints", "styleswap.hub_publish",
-          "styleswap.volumes")
+          "styleswap.volumes", "styleswap.accelerator")
 
 
 def module_name(path: Path) -> str:

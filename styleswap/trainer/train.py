@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from styleswap import checkpoints
+from styleswap.accelerator import make_accelerator
 from styleswap.errors import StyleSwapError
 from styleswap.safe_state import kill_point, load_optimizer, save_optimizer
 from styleswap.trainer import runs
@@ -134,8 +135,6 @@ class _Run:
 
 
 def _setup(cfg: TrainConfig) -> _Run:
-    from accelerate import Accelerator
-
     cfg.validate()
     method = METHODS[cfg.loss]
     infos = [open_dataset(d, split=cfg.split) for d in cfg.data]
@@ -160,7 +159,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     val_id = runs.data_identity(val_info.root) if val_info else None
     previous = runs.prepare(cfg, data_ids, val_id)
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg.mixed_precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     mcfg = default_config(len(labels), cfg.arch, cfg.channels, cfg.depth, num_res_units=cfg.num_res_units, labels=labels,
                           image_size=list(size), input_norm=cfg.input_norm, modality=infos[0].modality or None)  # fmt: skip

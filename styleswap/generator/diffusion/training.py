@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from styleswap.accelerator import make_accelerator
 from styleswap.errors import StyleSwapError
 from styleswap.safe_state import load_optimizer, save_optimizer
 
@@ -91,20 +92,6 @@ def make_optimizer(args: TrainArgs, params: list[torch.nn.Parameter]) -> torch.o
         return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.adam_weight_decay, fused=True)
     except RuntimeError:  # torch < 2.4 on a CPU, or a device without the fused kernel
         return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-
-
-def make_accelerator(mixed_precision: str, cpu: bool):
-    """An Accelerator. accelerate keeps the first mixed precision of a process and refuses another
-    ("restart your runtime"); a single process that trains with a different ``--mixed-precision``
-    than before (stages called from Python, a test suite) resets that state first, as accelerate's
-    and diffusers' own tests do. The ranks of `accelerate launch` keep theirs: they all run alike."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def training_device(args: TrainArgs) -> torch.device:
