@@ -5,6 +5,10 @@ Ratios are against a baseline measured in the same run:
 - build vs engine only: the same engine rendering the same slices in memory, no reading, encoding
   or writing; ``engine share`` = engine-only time / build time (the aim: >= 0.8, the writer is
   never the bottleneck).
+- where a build's time goes (``--breakdown``, on by default): each stage of a gin build timed on
+  its own in a fresh process, one thread, on the same slices: start-up (imports and engine load),
+  reading the source rows, the engine, PNG encoding, writing the shards, the commit. Their sum is
+  the build's serial work; the build overlaps them on the cores it has.
 Memory at 1x vs 10x the slices, for build and training, is `bench_memory.py`.
 
 Usage: python bench/run.py [--repeats 3] [--cases 6] [--size 192] [--copies 4] [--out bench/results/build.json]
@@ -75,6 +79,52 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": len(rows)}))
 """
 
 
+STAGES = r"""
+import sys, time, json, tempfile
+from pathlib import Path
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads(1)
+from styleswap import contract
+from styleswap.contract import derive_seed
+from styleswap.generator import dataset, shards
+from styleswap.generator.engines import CopyRequest, get_engine
+eng = get_engine(sys.argv[2]); eng.load()
+out = {"start-up (imports, engine load)": time.perf_counter() - t0}
+folder, copies = Path(sys.argv[1]), int(sys.argv[3])
+t = time.perf_counter()
+slices = list(dataset.iter_source_slices(folder))
+out["read source rows"] = time.perf_counter() - t
+t = time.perf_counter()
+rendered = []
+for s in slices:
+    img = contract.to_unit_float(s.image)
+    reqs = [CopyRequest(s.sample_id, c, derive_seed(0, s.sample_id, c), img, s.mask) for c in range(copies)]
+    rendered.append([contract.from_unit_float(c.image) for c in eng.render(reqs)])
+out["engine"] = time.perf_counter() - t
+rows = [shards.Row(s.sample_id, s.case_id, s.slice_index, s.modality, s.image, s.mask, r, [""] * copies, [0] * copies,
+                   "gin", tuple(s.spacing), source_png=s.png) for s, r in zip(slices, rendered)]
+t = time.perf_counter()
+for row in rows:
+    row.encode()
+out["PNG encoding"] = time.perf_counter() - t
+with tempfile.TemporaryDirectory() as tmp:
+    t = time.perf_counter()
+    w = shards.ShardWriter(Path(tmp), "train", "parquet", 256)
+    for row in rows:
+        w.add(row)
+    w.close()
+    out["writing shards"] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+
+def stages(folder: Path, engine: str, copies: int) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", STAGES, str(folder), engine, str(copies)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def engine_only(folder: Path, engine: str, copies: int) -> float:
     out = subprocess.run([sys.executable, "-c", ENGINE_ONLY, str(folder), engine, str(copies)],
                          capture_output=True, text=True, check=True)
@@ -88,6 +138,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=192)
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "build.json")
+    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the per-stage timing of a gin build")
     args = ap.parse_args()
     augment = str(BIN / "augment")
     results: dict = {"settings": vars(args) | {"out": str(args.out), "cpus": os.cpu_count()}, "rows": []}
@@ -132,11 +183,24 @@ def main() -> None:
                 results["rows"].append(row)
                 table.append((row["job"], n, wall, row["slices_per_s"], f"{row['engine_share']:.2f}", row["peak_rss_mib"]))
 
+        # 3. where a gin build's time goes: each stage on its own, one thread (medians)
+        if args.breakdown:
+            runs = [stages(ingested, "gin", args.copies) for _ in range(args.repeats)]
+            results["breakdown"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n| job | slices | median s | slices/s | engine share | peak RSS MiB |\n|---|---|---|---|---|---|")
     for job, n, wall, rate, share, peak in table:
         print(f"| {job} | {n} | {wall:.2f} | {rate:.1f} | {share} | {peak:.0f} |")
+    if "breakdown" in results:
+        total = sum(results["breakdown"].values())
+        print(f"\nwhere a gin x{args.copies} build's serial work goes (each stage alone, one thread, medians):\n"
+              "| stage | s | share |\n|---|---:|---:|")
+        for k, v in results["breakdown"].items():
+            print(f"| {k} | {v:.2f} | {100 * v / total:.0f} % |")
+        print(f"| sum | {total:.2f} | |")
+        print("(the commit: finalize, card, manifest; measured inside the build's wall time, not here)")
     print(f"written: {args.out}")
 
 
