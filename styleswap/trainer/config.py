@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from styleswap.errors import StyleSwapError
+from styleswap.networks import ARCHS  # the network definition (shared floor) owns its architectures
 from styleswap.volumes.intensity import INPUT_NORMS  # the neutral layer owns what a network reads
 
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
 LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
-ARCHS = ("unet", "basicunet", "effb2")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
