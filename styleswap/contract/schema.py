@@ -20,11 +20,17 @@ prompts        list<string>               per copy: prompt or engine description
 seeds          list<int64>                per copy: the seed it was rendered with
 engine         string                     controlnet, gin, bezier, none, ...
 spacing        list<float32>              row spacing, column spacing, slice thickness (mm)
+qc_dice        list<float32> (optional)   per copy: the content check's Dice (format 2)
 =============  =========================  ================================================
+
+``qc_dice`` is present only in datasets built with the content check (``augment build
+--qc-model``): per copy, the mean Dice over organs between a segmentation model's prediction on
+the copy and the slice's mask. Readers take it as optional: a dataset without it is format 1.
 
 HDF5 shards carry the same fields as fixed-shape arrays: ``image`` (N, H, W), ``mask`` (N, H, W),
 ``augmented`` (N, K, H, W), ``seeds`` (N, K), ``spacing`` (N, 3), ``slice_index`` (N,), and
-variable-length UTF-8 strings for the rest (``prompts`` is (N, K)).
+variable-length UTF-8 strings for the rest (``prompts`` is (N, K)); ``qc_dice``, when present, is
+(N, K) float32.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ from PIL import Image
 
 from styleswap.errors import StyleSwapError
 
-FORMAT_VERSION = 1
+#: The newest format this package reads and writes. Version 2 added the optional ``qc_dice``
+#: column. A dataset records the lowest version that describes it (`format_version`): 1 without
+#: the column, so a build without the content check writes exactly what it wrote before.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 DATA_DIR = "data"
@@ -87,6 +96,17 @@ COLUMNS = (
     "spacing",
 )
 
+#: Per copy, the content check's score (`generator.qc`); absent when no check ran.
+QC_COLUMN = "qc_dice"
+#: Columns a shard may lack; readers that need one check for it.
+OPTIONAL_COLUMNS = (QC_COLUMN,)
+
+
+def format_version(columns) -> int:
+    """The format version of a dataset whose shards hold ``columns``."""
+    return 2 if QC_COLUMN in columns else 1
+
+
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.(?P<ext>parquet|h5)$")
 
 
@@ -117,11 +137,12 @@ def parse_shard_name(name: str) -> dict[str, Any] | None:
     return {"split": m["split"], "index": int(m["index"]), "total": int(m["total"]), "ext": m["ext"]}
 
 
-def hf_features(labels: dict[str, int] | None = None):
-    """The `datasets.Features` of a Parquet shard (imported lazily: datasets is heavy)."""
+def hf_features(labels: dict[str, int] | None = None, qc: bool = False):
+    """The `datasets.Features` of a Parquet shard (imported lazily: datasets is heavy); ``qc`` adds
+    the optional ``qc_dice`` column."""
     import datasets
 
-    return datasets.Features(
+    features = datasets.Features(
         {
             "sample_id": datasets.Value("string"),
             "case_id": datasets.Value("string"),
@@ -136,6 +157,9 @@ def hf_features(labels: dict[str, int] | None = None):
             "spacing": datasets.Sequence(datasets.Value("float32")),
         }
     )
+    if qc:
+        features[QC_COLUMN] = datasets.Sequence(datasets.Value("float32"))
+    return features
 
 
 # --- PNG codec -----------------------------------------------------------------------------------
