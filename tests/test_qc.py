@@ -294,3 +294,73 @@ def test_a_killed_build_resumes_to_the_same_bytes_and_refuses_other_settings(bui
     finally:
         os.chdir(old)
     assert shard_bytes(tmp_path / "ds") == shard_bytes(built["qc"])
+
+
+# --- the trainer's filter ------------------------------------------------------------------------
+
+
+def qc_rows(scores: list[list[float]]) -> list[dict]:
+    from trainer_fixtures import make_rows
+
+    out = make_rows(n_cases=1, slices=len(scores), size=16, copies=2)
+    for r, s in zip(out, scores):
+        r["qc_dice"] = s
+    return out
+
+
+SCORES = [[0.9, 0.1], [0.1, 0.2], [0.95, 0.85], [0.3, 0.81]]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_slice_stream_draws_only_copies_that_passed(tmp_path, fmt):
+    from trainer_fixtures import write_dataset
+
+    from styleswap.trainer.data import SliceStream, open_dataset, qc_filter
+
+    data = open_dataset(write_dataset(tmp_path / "d", rows=qc_rows(SCORES), fmt=fmt, num_shards=1, size=16, copies=2))
+    rows_by_id = {r["sample_id"]: r for r in qc_rows(SCORES)}
+    drawn: dict[str, set] = {}
+    for epoch in range(12):
+        stream = SliceStream([data], shuffle=False, seed=0, min_qc_dice=0.8)
+        stream.set_epoch(epoch)
+        for item in stream:
+            r = rows_by_id[item["sample_id"]]
+            got = (item["augmented"][0].numpy() * 255).round().astype(np.uint8)
+            which = [k for k, a in enumerate(r["augmented"]) if np.array_equal(a, got)]
+            drawn.setdefault(item["sample_id"], set()).update(which if item["has_copy"] else ["original"])
+            if not item["has_copy"]:
+                assert torch.equal(item["augmented"], item["image"])
+    ids = sorted(drawn)
+    assert [drawn[i] for i in ids] == [{0}, {"original"}, {0, 1}, {1}]
+    assert qc_filter([data], 0.8) == ("--min-qc-dice 0.8: skipping 4 of 8 copies (50.0 %) whose qc_dice is below "
+                                      "it; 1 rows have no copy left and train on their original")
+    assert qc_filter([data], None) is None
+
+
+def test_without_a_threshold_the_column_changes_nothing(tmp_path):
+    from trainer_fixtures import make_rows, write_dataset
+
+    from styleswap.trainer.data import SliceStream, open_dataset
+
+    with_qc = open_dataset(write_dataset(tmp_path / "a", rows=qc_rows(SCORES), num_shards=1, size=16))
+    without = open_dataset(write_dataset(tmp_path / "b", rows=make_rows(1, len(SCORES), 16, 2), num_shards=1, size=16))
+    for epoch in range(3):
+        a, b = SliceStream([with_qc], seed=1), SliceStream([without], seed=1)
+        a.set_epoch(epoch), b.set_epoch(epoch)
+        assert [torch.equal(x["augmented"], y["augmented"]) for x, y in zip(a, b)] == [True] * len(SCORES)
+
+
+def test_the_filter_is_refused_on_data_without_the_column(tmp_path):
+    from trainer_fixtures import write_dataset
+
+    from styleswap.trainer.config import TrainConfig
+    from styleswap.trainer.data import SliceStream, open_dataset, qc_filter
+
+    data = open_dataset(write_dataset(tmp_path / "d", size=16))
+    for call in (lambda: SliceStream([data], min_qc_dice=0.5), lambda: qc_filter([data], 0.5)):
+        with pytest.raises(StyleSwapError, match=r"train-00000-of-00002\.parquet: --min-qc-dice needs the qc_dice column"):
+            call()
+    cfg = TrainConfig(data=["x"], out="y", min_qc_dice=1.5)
+    with pytest.raises(StyleSwapError, match=r"--min-qc-dice must be within \[0, 1\], got 1.5"):
+        cfg.validate()
+    assert replace(cfg, min_qc_dice=0.8).recipe()["min_qc_dice"] == 0.8  # a resume must keep it
