@@ -756,3 +756,13 @@ def test_qc_model_of_another_size(tmp_path, work):
     assert msg == (f"{model / 'config.json'}: the model reads [32, 32] pixel slices, the dataset's are [48, 48]; "
                    "train the check's model at the dataset's size")
 
+
+
+def test_min_qc_dice_on_data_without_the_column(tmp_path):
+    from trainer_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_cases=1, slices=2, size=16)
+    msg = refused(train, ["seg", "--data", data, "--out", tmp_path / "run", "--min-qc-dice", "0.8", "--steps", "1"],
+                  tmp_path)
+    assert msg == (f"{data / 'data' / 'train-00000-of-00002.parquet'}: --min-qc-dice needs the qc_dice column, which "
+                   "datasets built with 'augment build --qc-model' have; this one has none")

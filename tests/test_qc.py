@@ -364,3 +364,18 @@ def test_the_filter_is_refused_on_data_without_the_column(tmp_path):
     with pytest.raises(StyleSwapError, match=r"--min-qc-dice must be within \[0, 1\], got 1.5"):
         cfg.validate()
     assert replace(cfg, min_qc_dice=0.8).recipe()["min_qc_dice"] == 0.8  # a resume must keep it
+
+
+def test_train_seg_reports_what_it_skips_once(tmp_path):
+    from cli_util import train
+    from trainer_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "d", rows=qc_rows(SCORES * 2), num_shards=1, size=16)
+    code, out, err = train(["seg", "--data", data, "--out", tmp_path / "run", "--loss", "dice", "--steps", "3",
+                            "--batch-size", "2", "--workers", "0", "--channels", "4", "--depth", "2",
+                            "--min-qc-dice", "0.8", "--no-progress"])
+    assert code == 0, err
+    line = ("--min-qc-dice 0.8: skipping 8 of 16 copies (50.0 %) whose qc_dice is below it; 2 rows have no copy "
+            "left and train on their original")
+    assert err.count(line) == 1, err
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["recipe"]["min_qc_dice"] == 0.8
