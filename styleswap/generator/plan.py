@@ -104,7 +104,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
         info = stream.info
     qc = None
     if cfg.qc_model is not None:  # before the engine prepares (trains) anything
-        size = info.get("image_size") or [cfg.size, cfg.size]
+        size = info.get("image_size") if source is not None else [cfg.size, cfg.size]  # a raw source is resized
         qc = open_check(cfg.qc_model, cfg.qc_min_dice, cfg.qc_tries, info.get("labels") or {}, size,
                         info.get("volume_stats"))
     settings = cls.prepare(dict(cfg.engine_settings), Path(cfg.source) if cls.needs_dataset else None,

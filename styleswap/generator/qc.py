@@ -128,19 +128,18 @@ class ContentCheck:
     """The check in one render worker: the model, loaded once, and the retry loop."""
 
     def __init__(self, settings: CheckSettings, build_seed: int) -> None:
-        import torch
-
         from styleswap.networks import load_model
 
         self.settings, self.build_seed = settings, int(build_seed)
         self.net = load_model(settings.model, map_location="cpu").eval()
-        self._torch = torch
 
     def score(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], cases: Sequence[str]) -> list[float]:
         """``qc_dice`` of stored copies (uint8 or uint16 pixels, as written) against their masks."""
+        import torch
+
         from styleswap.networks import normalize_input
 
-        torch, out = self._torch, []
+        out = []
         with torch.inference_mode():
             for image, mask, case in zip(images, masks, cases):
                 x = torch.from_numpy(contract.to_unit_float(image))[None, None]
