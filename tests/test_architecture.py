@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "styleswap"
 SHARED = ("styleswap.contract", "styleswap.errors", "styleswap.safe_state", "styleswap.checkpoints", "styleswap.hub_publish",
-          "styleswap.volumes", "styleswap.accelerator")
+          "styleswap.volumes", "styleswap.accelerator", "styleswap.networks")
 
 
 def module_name(path: Path) -> str:
@@ -62,6 +62,15 @@ def test_the_trainer_imports_only_the_shared_layers():
             assert not bad, (m, bad)
 
 
+def test_the_generator_imports_nothing_from_the_trainer():
+    """The content check (`generator.qc`) loads segmentation models through the shared
+    `styleswap.networks`, never through the trainer."""
+    for m, deps in GRAPH.items():
+        if m.startswith("styleswap.generator"):
+            bad = {d for d in deps if d.startswith("styleswap.trainer")}
+            assert not bad, (m, bad)
+
+
 def test_only_the_diffusion_package_and_the_cli_plugin_hook_import_the_diffusion_stack():
     for m, deps in GRAPH.items():
         if not m.startswith("styleswap.generator.diffusion") and m != "styleswap.generator.cli":
@@ -101,7 +110,8 @@ def test_importing_the_trainer_loads_neither_the_generator_nor_diffusers():
 
 
 def test_the_shared_layers_load_no_torch():
-    """(`volumes` resizes slices with torch, as ingest always has: it is left out here.)"""
+    """(`volumes` resizes slices with torch, as ingest always has, and `networks` is the torch
+    network definition: they are left out here.)"""
     mods = loaded_after("import styleswap.contract, styleswap.errors, styleswap.safe_state, styleswap.checkpoints, "
                         "styleswap.hub_publish")
     assert "torch" not in mods and not {m for m in mods if m.startswith(("styleswap.generator", "styleswap.trainer"))}

@@ -647,8 +647,12 @@ def test_recipe_value_of_the_wrong_type(tmp_path, work, line, key, expected, sho
          "--copies is 0, so engine 'gin' would render nothing; for originals only use engine none (augment ingest)"),
         (["--engine", "gin", "--copies", "-1"], "--copies must be >= 0, got -1"),
         (["--keep-empty", "1.5"], "--keep-empty must be within [0, 1], got 1.5"),
+        (["--qc-min-dice", "1.5"], "--qc-min-dice must be within [0, 1], got 1.5"),
+        (["--qc-tries", "0"], "--qc-tries must be >= 1, got 0"),
+        (["--engine", "none", "--copies", "0", "--qc-model", "m"],
+         "--qc-model checks rendered copies, and this build renders none (copies 0)"),
     ],
-    ids=["modality", "no-copies", "negative-copies", "keep-empty"],
+    ids=["modality", "no-copies", "negative-copies", "keep-empty", "qc-min-dice", "qc-tries", "qc-without-copies"],
 )
 def test_build_flag_out_of_range(tmp_path, work, args, message):
     assert refused(augment, ["build", "--source", "phantom:1", "--out", "ds", *args], tmp_path) == message
@@ -705,3 +709,60 @@ def test_a_second_build_into_a_folder_being_written_is_refused(tmp_path, work):
     assert first.returncode == 0, err
     assert augment(["verify", str(work / "ds")])[0] == 0
     assert not (work / "ds" / ".lock").exists()
+
+
+# --- 8. the content check's model (augment build --qc-model), checked before anything renders -----
+
+
+def qc_model(folder: Path, labels: dict[str, int], size: int) -> Path:
+    from styleswap.networks import SegNet, default_config
+    from styleswap.trainer.model import save_model
+
+    return save_model(SegNet(default_config(len(labels), channels=4, depth=2, labels=labels, image_size=[size, size])),
+                      folder)
+
+
+def test_qc_model_with_pickle_weights(tmp_path, dataset):
+    ds, _, _ = dataset
+    from styleswap.contract import DEFAULT_LABELS
+
+    model = qc_model(tmp_path / "model", DEFAULT_LABELS, 16)
+    (model / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (model / "model.pt").write_bytes(poison_bytes(marker))
+    msg = refused(augment, ["build", "--source", ds, "--out", "gin", "--engine", "gin", "-k", "1", "--qc-model", model],
+                  tmp_path)
+    assert msg == (f"{model / 'model.pt'}: pickle weights are never loaded (loading them can run arbitrary code); "
+                   "a model folder holds config.json + model.safetensors, as written by 'train seg'")
+    assert not marker.exists()
+
+
+def test_qc_model_with_another_label_map(tmp_path, dataset):
+    ds, _, _ = dataset
+    model = qc_model(tmp_path / "model", {"background": 0, "liver": 1}, 16)
+    msg = refused(augment, ["build", "--source", ds, "--out", "gin", "--engine", "gin", "-k", "1", "--qc-model", model],
+                  tmp_path)
+    assert msg == (f"{model / 'config.json'}: the model's label map {{'background': 0, 'liver': 1}} differs from the "
+                   "dataset's {'background': 0, 'liver': 1, 'kidney_right': 2, 'kidney_left': 3, 'spleen': 4}; "
+                   "the content check needs a model trained on the same labels")
+
+
+def test_qc_model_of_another_size(tmp_path, work):
+    from styleswap.contract import DEFAULT_LABELS
+
+    model = qc_model(tmp_path / "model", DEFAULT_LABELS, 32)
+    msg = refused(augment, ["build", "--source", "phantom:1", "--out", "ds", "--size", "48", "--engine", "bezier",
+                            "-k", "1", "--qc-model", model], tmp_path)
+    assert msg == (f"{model / 'config.json'}: the model reads [32, 32] pixel slices, the dataset's are [48, 48]; "
+                   "train the check's model at the dataset's size")
+
+
+
+def test_min_qc_dice_on_data_without_the_column(tmp_path):
+    from trainer_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_cases=1, slices=2, size=16)
+    msg = refused(train, ["seg", "--data", data, "--out", tmp_path / "run", "--min-qc-dice", "0.8", "--steps", "1"],
+                  tmp_path)
+    assert msg == (f"{data / 'data' / 'train-00000-of-00002.parquet'}: --min-qc-dice needs the qc_dice column, which "
+                   "datasets built with 'augment build --qc-model' have; this one has none")

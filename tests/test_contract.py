@@ -127,11 +127,14 @@ def test_the_copy_seed_is_pinned():
     assert [contract.derive_seed(0, "phantom_000/0012", c) for c in range(2)] == [7457405784902403540, 877666412709141811]
 
 
-def test_the_shard_schema_and_card_features_are_those_datasets_would_write():
-    """Built without importing `datasets`, yet identical to what `datasets` makes of the features."""
-    features = contract.hf_features()
-    assert contract.arrow_schema().equals(features.arrow_schema, check_metadata=True)
-    assert contract.card_features() == features._to_yaml_list()
+@pytest.mark.parametrize("qc", [False, True])
+def test_the_shard_schema_and_card_features_are_those_datasets_would_write(qc):
+    """Built without importing `datasets`, yet identical to what `datasets` makes of the features,
+    with and without the optional qc_dice column."""
+    features = contract.hf_features(qc=qc)
+    assert contract.arrow_schema(qc=qc).equals(features.arrow_schema, check_metadata=True)
+    assert contract.card_features(qc=qc) == features._to_yaml_list()
+    assert (contract.QC_COLUMN in contract.arrow_schema(qc=qc).names) == qc
 
 
 @pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])

@@ -51,6 +51,23 @@ def test_ray_build_writes_the_bytes_of_one_worker(ray_local, tmp_path_factory, f
     assert augment(["verify", str(two)])[0] == 0
 
 
+@pytest.mark.slow
+def test_ray_build_with_the_content_check_writes_the_bytes_of_one_worker(ray_local, tmp_path):
+    """The check runs in the actors; scores and re-rendered copies travel back with the rows."""
+    from predict_fixtures import tiny_model
+
+    model = tiny_model(tmp_path / "model", size=48)
+    qc = ["--qc-model", str(model), "--qc-min-dice", "0.05"]
+    code, _, err = augment(["build", "--source", "phantom:1", "--out", str(tmp_path / "one"), *GIN, *COMMON, *qc])
+    assert code == 0, err
+    code, _, err = augment(["build", "--source", "phantom:1", "--out", str(tmp_path / "two"), "--executor", "ray",
+                            "--workers", "2", "--cache-dir", str(tmp_path / "cache"), *GIN, *COMMON, *qc])
+    assert code == 0, err
+    m1, m2 = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
+    assert m1["qc"]["summary"]["re_rendered"] > 0 and m1["qc"] == m2["qc"]
+    assert data_bytes(tmp_path / "one") == data_bytes(tmp_path / "two")
+
+
 def test_read_source_slices_matches_the_source_stream(tmp_path):
     from styleswap.generator import dataset
     from styleswap.generator.executors.ray_actors import plan_tasks

@@ -74,7 +74,8 @@ def write_parquet(path: Path, rows: list[dict], rows_per_group: int, drop_column
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = contract.hf_features().arrow_schema  # the contract's own Parquet schema
+    # the contract's own Parquet schema; with the optional qc_dice column when the rows carry it
+    schema = contract.hf_features(qc=bool(rows) and contract.QC_COLUMN in rows[0]).arrow_schema
     if drop_column:
         schema = schema.remove(schema.get_field_index(drop_column))
     fields = [(f.name, f.type) for f in schema]
@@ -106,6 +107,8 @@ def write_h5(path: Path, rows: list[dict], size: int, copies: int) -> None:
         f["seeds"] = np.array([r["seeds"] for r in rows], np.int64).reshape(n, copies)
         f["spacing"] = np.array([r["spacing"] for r in rows], np.float32).reshape(n, 3)
         f["slice_index"] = np.array([r["slice_index"] for r in rows], np.int32)
+        if rows and contract.QC_COLUMN in rows[0]:
+            f[contract.QC_COLUMN] = np.array([r[contract.QC_COLUMN] for r in rows], np.float32).reshape(n, copies)
         for key in ("sample_id", "case_id", "modality", "engine"):
             f.create_dataset(key, data=[r[key] for r in rows], dtype=s)
         f.create_dataset("prompts", data=np.array([r["prompts"] for r in rows], dtype=object).reshape(n, copies), dtype=s)

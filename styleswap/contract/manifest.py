@@ -96,6 +96,9 @@ class Manifest:
     image_size: tuple[int, int] | None = None
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     counts: Counts | None = None
+    #: The content check (``augment build --qc-model``): model, settings and the ``qc_dice``
+    #: distribution; None (and not written) when no check ran.
+    qc: dict[str, Any] | None = None
     #: Each case's normalized-volume mean and std (``{case_id: {"mean", "std"}}``), when recorded.
     volume_stats: dict[str, dict[str, float]] | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -161,6 +164,7 @@ class Manifest:
             image_size=tuple(int(x) for x in image_size) if image_size is not None else None,
             splits=splits,
             counts=v.record("counts", Counts, counts) if counts is not None else None,
+            qc=v.mapping("qc") or None,
             volume_stats=data.get("volume_stats") if isinstance(data.get("volume_stats"), dict) else None,
             versions=v.mapping("versions"),
             shards=_shard_entries(data.get("shards"), where),
@@ -186,6 +190,7 @@ class Manifest:
             "image_size": list(self.image_size) if self.image_size else None,
             "splits": {k: s.to_json() for k, s in self.splits.items()},
             "counts": self.counts.to_json() if self.counts else None,
+            **({"qc": self.qc} if self.qc is not None else {}),
             "volume_stats": self.volume_stats,
             "versions": self.versions,
             "shards": [e.to_json() for e in self.shards],

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from styleswap.contract.schema import COLUMNS, ROW_GROUP_SIZE, decode_png
+from styleswap.contract.schema import COLUMNS, OPTIONAL_COLUMNS, ROW_GROUP_SIZE, decode_png
 from styleswap.errors import StyleSwapError
 
 #: ``(start, stop, row_group)``: a unit's rows; ``row_group`` is -1 for HDF5 blocks.
@@ -80,19 +80,28 @@ class ShardReader:
 
 
 def read_unit(path: Path, fmt: str, unit: Unit, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The raw rows of one unit of a shard (a unit of `ShardReader.units`), metadata unread."""
-    cols = list(columns or COLUMNS)
+    """The raw rows of one unit of a shard (a unit of `ShardReader.units`), metadata unread.
+
+    ``columns=None`` reads the contract's columns and the optional ones the shard holds."""
     start, stop, group = unit
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(path).read_row_group(group, columns=cols)
+        pf = pq.ParquetFile(path)
+        cols = list(columns or _present(pf.schema_arrow.names))
+        table = pf.read_row_group(group, columns=cols)
         return _parquet_rows({c: table.column(c).to_pylist() for c in cols}, table.num_rows, Path(path))
     import h5py
 
     with h5py.File(path, "r") as f:
+        cols = list(columns or _present(f.keys()))
         block = {c: f[c][start:stop] for c in cols}
     return [{c: _h5_value(c, block[c][j]) for c in cols} for j in range(stop - start)]
+
+
+def _present(names) -> list[str]:
+    names = set(names)
+    return [*COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names)]
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +157,7 @@ def _h5_value(column: str, v: Any) -> Any:
         return [p.decode() if isinstance(p, bytes) else p for p in v]
     if column == "augmented":
         return list(v)
-    if column in ("seeds", "spacing"):
+    if column in ("seeds", "spacing", "qc_dice"):
         return v.tolist()
     if column == "slice_index":
         return int(v)

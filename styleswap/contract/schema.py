@@ -20,11 +20,17 @@ prompts        list<string>               per copy: prompt or engine description
 seeds          list<int64>                per copy: the seed it was rendered with
 engine         string                     controlnet, gin, bezier, none, ...
 spacing        list<float32>              row spacing, column spacing, slice thickness (mm)
+qc_dice        list<float32> (optional)   per copy: the content check's Dice (format 2)
 =============  =========================  ================================================
+
+``qc_dice`` is present only in datasets built with the content check (``augment build
+--qc-model``): per copy, the mean Dice over organs between a segmentation model's prediction on
+the copy and the slice's mask. Readers take it as optional: a dataset without it is format 1.
 
 HDF5 shards carry the same fields as fixed-shape arrays: ``image`` (N, H, W), ``mask`` (N, H, W),
 ``augmented`` (N, K, H, W), ``seeds`` (N, K), ``spacing`` (N, 3), ``slice_index`` (N,), and
-variable-length UTF-8 strings for the rest (``prompts`` is (N, K)).
+variable-length UTF-8 strings for the rest (``prompts`` is (N, K)); ``qc_dice``, when present, is
+(N, K) float32.
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ from PIL import Image
 
 from styleswap.errors import StyleSwapError
 
-FORMAT_VERSION = 1
+#: The newest format this package reads and writes. Version 2 added the optional ``qc_dice``
+#: column. A dataset records the lowest version that describes it (`format_version`): 1 without
+#: the column, so a build without the content check writes exactly what it wrote before.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
 DATA_DIR = "data"
@@ -89,6 +98,17 @@ COLUMNS = (
     "spacing",
 )
 
+#: Per copy, the content check's score (`generator.qc`); absent when no check ran.
+QC_COLUMN = "qc_dice"
+#: Columns a shard may lack; readers that need one check for it.
+OPTIONAL_COLUMNS = (QC_COLUMN,)
+
+
+def format_version(columns) -> int:
+    """The format version of a dataset whose shards hold ``columns``."""
+    return 2 if QC_COLUMN in columns else 1
+
+
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.(?P<ext>parquet|h5)$")
 
 
@@ -133,9 +153,15 @@ FEATURES: dict[str, dict[str, Any]] = {
     "engine": {"dtype": "string", "_type": "Value"},
     "spacing": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "List"},
 }
+#: The optional column's feature (format 2; see `QC_COLUMN`).
+QC_FEATURE: dict[str, Any] = {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "List"}
 
 
-def arrow_schema():
+def _features(qc: bool) -> dict[str, dict[str, Any]]:
+    return {**FEATURES, QC_COLUMN: QC_FEATURE} if qc else FEATURES
+
+
+def arrow_schema(qc: bool = False):
     """The Arrow schema of a Parquet shard, with `FEATURES` as its ``huggingface`` metadata (so
     `datasets` reads Image columns), built without importing `datasets`, whose import alone costs a
     build about a second. tests/test_contract.py checks it equals ``hf_features().arrow_schema``."""
@@ -150,24 +176,26 @@ def arrow_schema():
             return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32()}[f["dtype"]]
 
-    return pa.schema([(name, arrow(f)) for name, f in FEATURES.items()],
-                     metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
+    features = _features(qc)
+    return pa.schema([(name, arrow(f)) for name, f in features.items()],
+                     metadata={"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def card_features() -> list[dict[str, str]]:
+def card_features(qc: bool = False) -> list[dict[str, str]]:
     """`FEATURES` as a dataset card's ``dataset_info.features`` list (what `datasets` writes there)."""
     def kind(f: dict[str, Any]) -> str:
         return "image" if f["_type"] == "Image" else f["dtype"]
 
     return [{"name": n, "list": kind(f["feature"])} if f["_type"] == "List" else {"name": n, "dtype": kind(f)}
-            for n, f in FEATURES.items()]
+            for n, f in _features(qc).items()]
 
 
-def hf_features(labels: dict[str, int] | None = None):
-    """The `datasets.Features` of a Parquet shard (imported lazily: datasets is heavy)."""
+def hf_features(labels: dict[str, int] | None = None, qc: bool = False):
+    """The `datasets.Features` of a Parquet shard (imported lazily: datasets is heavy); ``qc`` adds
+    the optional ``qc_dice`` column."""
     import datasets
 
-    return datasets.Features(
+    features = datasets.Features(
         {
             "sample_id": datasets.Value("string"),
             "case_id": datasets.Value("string"),
@@ -182,6 +210,9 @@ def hf_features(labels: dict[str, int] | None = None):
             "spacing": datasets.Sequence(datasets.Value("float32")),
         }
     )
+    if qc:
+        features[QC_COLUMN] = datasets.Sequence(datasets.Value("float32"))
+    return features
 
 
 # --- PNG codec -----------------------------------------------------------------------------------

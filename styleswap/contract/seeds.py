@@ -14,3 +14,21 @@ def derive_seed(build_seed: int, sample_id: str, copy_index: int) -> int:
     """
     key = f"{int(build_seed)}\x00{sample_id}\x00{int(copy_index)}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def retry_seed(build_seed: int, sample_id: str, copy_index: int, attempt: int) -> int:
+    """The seed of try ``attempt`` (0-based) of a copy that the content check re-renders.
+
+    Try 0 is the copy's own seed, `derive_seed` (so a copy that passes, or a build without the
+    check, has the bytes it always had). Try ``t >= 1`` hashes the same values and ``t`` the same
+    way, so the sequence is a function of (build seed, sample id, copy index) alone::
+
+        t = 0:   derive_seed(build_seed, sample_id, copy_index)
+        t >= 1:  blake2b-64("<build_seed>\\0<sample_id>\\0<copy_index>\\0retry\\0<t>") & (2**63 - 1)
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    if attempt == 0:
+        return derive_seed(build_seed, sample_id, copy_index)
+    key = f"{int(build_seed)}\x00{sample_id}\x00{int(copy_index)}\x00retry\x00{int(attempt)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)

@@ -33,6 +33,7 @@ from styleswap.generator.engines.base import engine_class
 from styleswap.generator.executors.base import Executor
 from styleswap.generator.executors.local import LocalExecutor
 from styleswap.generator.plan import BuildPlan, ingest_spec, plan_build
+from styleswap.generator.qc import needs_ingested_source
 from styleswap.generator.safe_paths import check_output_folder
 from styleswap.generator.staging import OutputFolder, finished_shards
 
@@ -55,7 +56,8 @@ def run_build(cfg: BuildConfig, command: str | None = None, progress: bool = Tru
     try:
         with ex.session():
             cfg = ex.adapt(cfg)
-            if engine_class(cfg.engine).needs_dataset or ex.needs_positions:
+            # a check whose model reads z-scored input needs every case's statistics before rendering
+            if engine_class(cfg.engine).needs_dataset or ex.needs_positions or needs_ingested_source(cfg.qc_model):
                 cfg = ex.on_main(lambda: ingest_source(cfg))
             plan = ex.on_main(lambda: plan_build(cfg))
             return _execute(plan, ex, command, progress)

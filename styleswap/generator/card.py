@@ -14,6 +14,7 @@ import yaml
 
 from styleswap import contract
 from styleswap.contract import Counts, EngineRecord, Manifest
+from styleswap.generator.qc import card_lines
 from styleswap.hub_publish import LICENSE_RE  # the Hub's license-id rule, shared with train push
 
 
@@ -51,7 +52,7 @@ def front_matter(manifest: Manifest, license: str | None) -> dict[str, Any]:
         # The features of the shards themselves (their Arrow schema carries the same), so the Hub's
         # viewer and `load_dataset` decode images without guessing.
         meta["dataset_info"] = {
-            "features": contract.card_features(),
+            "features": contract.card_features(qc=manifest.qc is not None),
             "splits": [
                 {"name": s, "num_bytes": sum(e.bytes or 0 for e in manifest.shards if e.split == s),
                  "num_examples": sum(e.num_rows for e in manifest.shards if e.split == s)}
@@ -138,6 +139,7 @@ def render_card(
             for name, i in sorted(labels.items(), key=lambda kv: kv[1])
         ],
         "",
+        *(card_lines(manifest.qc) if manifest.qc is not None else []),
         "## How it was made",
         "",
         "Command:",

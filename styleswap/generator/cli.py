@@ -100,6 +100,9 @@ def build(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where trained models (controlnet) and ingested sources are cached. (default: models/cache)")] = None,
     executor: Annotated[str, typer.Option("--executor", help="Who renders: local (processes on this machine) or ray (Ray Data actors, one per --workers; needs 'styleswap[ray]'). Same bytes either way.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: a Ray cluster ('auto', 'ray://HOST:10001'). Default: a local instance with --workers CPUs.")] = None,
+    qc_model: Annotated[Optional[Path], typer.Option("--qc-model", help="Content check: a model folder from 'train seg' (same labels and size) segments every copy; its Dice against the mask goes into the qc_dice column.")] = None,
+    qc_min_dice: Annotated[Optional[float], typer.Option("--qc-min-dice", help="With --qc-model: copies below this Dice are rendered again with their next seed. (default: 0.8)")] = None,
+    qc_tries: Annotated[Optional[int], typer.Option("--qc-tries", help="With --qc-model: tries per copy, the first included; the best is kept. (default: 3)")] = None,
 ) -> None:
     """Render K style-intervened copies of every source slice into shards + manifest.json.
 
@@ -127,7 +130,8 @@ def build(
         _flags(source=source, out=str(out) if out else None, engine=engine, copies=copies, format=fmt,
                rows_per_shard=rows_per_shard, workers=workers, seed=seed, labels=labels, size=size,
                keep_empty=keep_empty, modality=modality, intensity=intensity, license=license, preview=preview,
-               overwrite=overwrite or None, cache_dir=str(cache_dir) if cache_dir else None),
+               overwrite=overwrite or None, cache_dir=str(cache_dir) if cache_dir else None,
+               qc_model=str(qc_model) if qc_model else None, qc_min_dice=qc_min_dice, qc_tries=qc_tries),
         recipe_path=recipe,
     )
     if not recipe and out is None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from styleswap import contract
 from styleswap.contract import Counts, EngineRecord, Manifest, SplitInfo
 from styleswap.errors import StyleSwapError
-from styleswap.generator import card, dataset, shards
+from styleswap.generator import card, dataset, qc, shards
 from styleswap.generator.plan import BuildPlan, ShardSpec, jsonable
 from styleswap.generator.staging import RowStats, clear_previous, finished_shards
 from styleswap.safe_state import kill_point
@@ -39,9 +38,9 @@ def commit(plan: BuildPlan, staging: Path, command: str | None) -> Manifest:
     labels = info.get("labels", contract.DEFAULT_LABELS)
     manifest = Manifest(
         tool=contract.TOOL,
-        format_version=contract.FORMAT_VERSION,
+        format_version=contract.format_version((contract.QC_COLUMN,) if plan.qc else ()),
         command=command or "",
-        recipe=jsonable(asdict(cfg)),
+        recipe=jsonable(cfg.recorded()),
         source=info,
         labels=labels,
         engine=EngineRecord(cfg.engine, plan.engine_info),
@@ -53,6 +52,7 @@ def commit(plan: BuildPlan, staging: Path, command: str | None) -> Manifest:
         splits={w.split: SplitInfo(num_rows=sum(e.num_rows for e in entries if e.split == w.split),
                                    num_shards=sum(1 for e in entries if e.split == w.split)) for w in ordered},
         counts=_counts(stats, labels),
+        qc=_qc_record(plan, out, entries),
         volume_stats=_volume_stats(info),
         versions=dataset.package_versions(),
         shards=entries,
@@ -93,6 +93,18 @@ def _counts(stats: RowStats, labels: dict[str, int]) -> Counts:
     names = {v: k for k, v in labels.items()}
     return Counts(slices=stats.rows, cases=len(stats.cases),
                   slices_with_label={names.get(k, str(k)): n for k, n in sorted(stats.label_slices.items())})
+
+
+def _qc_record(plan: BuildPlan, out: Path, entries: list[contract.ShardEntry]) -> dict[str, Any] | None:
+    """The content check's settings and its ``qc_dice`` distribution, read back from the shards
+    (so a resumed build counts the shards it did not render itself)."""
+    if plan.qc is None:
+        return None
+    rows = [r for e in entries for r in contract.ShardReader(contract.shard_file(out, e.path)).iter_rows(
+        ["sample_id", "seeds", contract.QC_COLUMN], decode=False)]
+    cfg = plan.cfg
+    return {**plan.qc.describe(str(cfg.qc_model)),
+            "summary": qc.summarize(rows, cfg.seed, cfg.qc_min_dice, cfg.qc_tries)}
 
 
 def _volume_stats(info: dict[str, Any]) -> dict[str, dict[str, float]] | None:

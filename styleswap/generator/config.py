@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Union
 
 from styleswap import contract
@@ -52,9 +52,18 @@ class BuildConfig:
     overwrite: bool = False
     # where engines that train models (controlnet) keep them, and raw sources are ingested to
     cache_dir: str = "models/cache"
+    # the content check (`generator.qc`): a model folder from `train seg`, the Dice a copy must
+    # reach, and how many tries (seeds) a copy gets
+    qc_model: str | None = None
+    qc_min_dice: float = 0.8
+    qc_tries: int = 3
+
+    #: Recorded (and fingerprinted) only when the content check runs, so that a build without it
+    #: records exactly what it did before the check existed.
+    QC_KEYS = ("qc_model", "qc_min_dice", "qc_tries")
 
     def __post_init__(self) -> None:
-        for key in ("source", "out", "cache_dir"):  # a Path from Python callers is a path string
+        for key in ("source", "out", "cache_dir", "qc_model"):  # a Path from Python callers is a path string
             if isinstance(getattr(self, key), os.PathLike):
                 setattr(self, key, os.fspath(getattr(self, key)))
 
@@ -90,6 +99,12 @@ class BuildConfig:
             refuse("keep_empty", f"must be within [0, 1], got {self.keep_empty}")
         if self.size < 8:
             refuse("size", f"must be at least 8 pixels, got {self.size}")
+        if not 0.0 <= self.qc_min_dice <= 1.0:
+            refuse("qc_min_dice", f"must be within [0, 1], got {self.qc_min_dice}")
+        if self.qc_tries < 1:
+            refuse("qc_tries", f"must be >= 1, got {self.qc_tries}")
+        if self.qc_model is not None and not self.copies:
+            refuse("qc_model", "checks rendered copies, and this build renders none (copies 0)")
         if self.intensity not in INTENSITY_RULES:
             refuse("intensity", f"must be one of {', '.join(INTENSITY_RULES)}, got {self.intensity!r}")
         if self.modality is not None:
@@ -98,6 +113,15 @@ class BuildConfig:
             if normalize_modality(self.modality) not in MODALITIES:
                 refuse("modality", f"must be one of {', '.join(MODALITIES)} (MR, T1, T2, FLAIR, ... count as MRI), "
                                    f"got {self.modality!r}")
+
+
+    def recorded(self) -> dict[str, Any]:
+        """Every setting, as ``manifest.json`` records them (the content check's only when it runs)."""
+        out = asdict(self)
+        if self.qc_model is None:
+            for key in self.QC_KEYS:
+                out.pop(key)
+        return out
 
 
 def _matches(value: Any, hint: Any) -> bool:

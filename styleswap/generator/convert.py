@@ -49,7 +49,7 @@ def convert_dataset(folder: str | Path, out: str | Path, to: str, *, overwrite: 
                     sample_id=r["sample_id"], case_id=r["case_id"], slice_index=int(r["slice_index"]),
                     modality=r["modality"], image=r["image"], mask=r["mask"], augmented=list(r["augmented"]),
                     prompts=list(r["prompts"]), seeds=[int(s) for s in r["seeds"]], engine=r["engine"],
-                    spacing=tuple(r["spacing"]), split=split,
+                    spacing=tuple(r["spacing"]), split=split, qc_dice=r.get(contract.QC_COLUMN),
                 )
                 try:
                     w.add(row)

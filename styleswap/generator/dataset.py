@@ -90,7 +90,7 @@ def read_source_slices(folder: Path, manifest: Manifest, split: str, start: int,
 
 
 def verify(folder: Path) -> dict[str, Any]:
-    """Re-read every shard: file present, sha256 and row count as in the manifest.
+    """Re-read every shard: file present, sha256, row count and the ``qc_dice`` column as in the manifest.
 
     Raises `VerificationError` naming the first failing shard; returns a summary otherwise.
     """
@@ -105,11 +105,16 @@ def verify(folder: Path) -> dict[str, Any]:
         if digest != entry.sha256:
             raise VerificationError(f"{entry.path}: sha256 {digest[:12]}... differs from the manifest's {str(entry.sha256)[:12]}...")
         try:
-            rows = contract.count_rows(path)
+            reader = ShardReader(path)
         except Exception as e:  # a corrupt shard whose hash was also rewritten
             raise VerificationError(f"{entry.path}: unreadable shard ({e})") from None
+        rows = reader.num_rows
         if rows != entry.num_rows:
             raise VerificationError(f"{entry.path}: {rows} rows, the manifest says {entry.num_rows}")
+        if (contract.QC_COLUMN in reader.columns) != (manifest.qc is not None):
+            has = contract.QC_COLUMN in reader.columns
+            raise VerificationError(f"{entry.path}: {'has a' if has else 'lacks the'} {contract.QC_COLUMN} column, but the "
+                                    f"manifest records {'no' if has else 'a'} content check")
         total += rows
     listed = {manifest.shard_path(folder, e) for e in manifest.shards}
     data = folder / contract.DATA_DIR

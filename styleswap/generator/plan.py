@@ -9,6 +9,7 @@ none of them decides for itself:
   constructing the engine once, and its description for the manifest;
 - the shard plan: row ``p`` of a split always goes to shard ``p // rows_per_shard``, whatever is
   skipped or who renders it, so shard boundaries and bytes are those of a one-process build;
+- the content check (``--qc-model``), its model checked against the source (`qc.open_check`);
 - the fingerprint: what the staged shards' bytes depend on, so that a rerun resumes only a build
   with the same settings (`staging.OutputFolder`).
 
@@ -28,6 +29,7 @@ from styleswap.contract import Manifest
 from styleswap.generator import dataset
 from styleswap.generator.config import BuildConfig
 from styleswap.generator.engines.base import Engine, engine_class
+from styleswap.generator.qc import CheckSettings, open_check
 from styleswap.generator.render import RenderJob
 from styleswap.generator.sources.base import SourceSlice
 
@@ -65,9 +67,11 @@ class BuildPlan:
     shards: list[ShardSpec] | None
     fingerprint: dict[str, Any]
     _stream: Any = None  # the raw source's stream (`sources.ingest.SourceStream`)
+    #: the content check, or None
+    qc: CheckSettings | None = None
 
     def job(self) -> RenderJob:
-        return RenderJob(self.cfg.engine, self.settings, self.cfg.copies, self.cfg.seed, self.chunk)
+        return RenderJob(self.cfg.engine, self.settings, self.cfg.copies, self.cfg.seed, self.chunk, qc=self.qc)
 
     def slices(self, select: Callable[[str, int], bool] | None = None) -> Iterator[SourceSlice]:
         """The source slices in order; ``select(split, position)`` keeps only some (a dataset
@@ -98,6 +102,11 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
         stream = open_source(cfg.source, labels=cfg.labels, size=cfg.size, keep_empty=cfg.keep_empty,
                              modality=cfg.modality, seed=cfg.seed, intensity_rule=cfg.intensity, split=cfg.split)
         info = stream.info
+    qc = None
+    if cfg.qc_model is not None:  # before the engine prepares (trains) anything
+        size = info.get("image_size") if source is not None else [cfg.size, cfg.size]  # a raw source is resized
+        qc = open_check(cfg.qc_model, cfg.qc_min_dice, cfg.qc_tries, info.get("labels") or {}, size,
+                        info.get("volume_stats"))
     settings = cls.prepare(dict(cfg.engine_settings), Path(cfg.source) if cls.needs_dataset else None,
                            Path(cfg.cache_dir))
     engine = cls(**settings)  # checks the settings here, before a worker starts or a file is written
@@ -105,7 +114,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     shards = plan_shards(source, cfg.rows_per_shard) if source is not None else None
     return BuildPlan(cfg=cfg, engine_cls=cls, settings=settings, engine_info=engine_info,
                      chunk=max(1, engine.batch_size // max(1, cfg.copies)), source_info=info, source=source,
-                     shards=shards, fingerprint=fingerprint(cfg, engine_info, info), _stream=stream)
+                     shards=shards, fingerprint=fingerprint(cfg, engine_info, info, qc), _stream=stream, qc=qc)
 
 
 def plan_shards(manifest: Manifest, rows_per_shard: int) -> list[ShardSpec]:
@@ -115,14 +124,18 @@ def plan_shards(manifest: Manifest, rows_per_shard: int) -> list[ShardSpec]:
             for i, start in enumerate(range(0, n, rows_per_shard))]
 
 
-def fingerprint(cfg: BuildConfig, engine_info: dict[str, Any], source_info: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(cfg: BuildConfig, engine_info: dict[str, Any], source_info: dict[str, Any],
+                qc: CheckSettings | None = None) -> dict[str, Any]:
     """What the staged shards' bytes depend on (as JSON): a staged build resumes only under the same.
 
     Not the workers (bytes do not depend on them), nor what only the card, preview or manifest use.
+    The content check counts by its model's weights (sha256) and settings, not by the model's path.
     """
-    skip = {"out", "workers", "overwrite", "preview", "license", "description", "cache_dir"}
+    skip = {"out", "workers", "overwrite", "preview", "license", "description", "cache_dir", *BuildConfig.QC_KEYS}
     recipe = {k: v for k, v in asdict(cfg).items() if k not in skip}
     fp = {"recipe": recipe, "engine": engine_info, "source": source_info, "versions": dataset.package_versions()}
+    if qc is not None:
+        fp["qc"] = {k: v for k, v in qc.describe("").items() if k != "model"}
     return json.loads(json.dumps(jsonable(fp), default=str))
 
 
@@ -135,7 +148,7 @@ def ingest_spec(cfg: BuildConfig) -> tuple[Path, BuildConfig]:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cfg.cache_dir) / f"source-{key}"
     ingest = BuildConfig(**{**asdict(cfg), "out": str(folder), "engine": "none", "copies": 0, "engine_settings": {},
-                            "preview": False, "overwrite": False, "format": "parquet"})
+                            "preview": False, "overwrite": False, "format": "parquet", "qc_model": None})
     return folder, ingest
 
 

@@ -8,7 +8,9 @@
 Results come back in submission order, so the rows (and the shards a single writer makes of them)
 do not depend on ``--workers``; every copy's seed comes from (build seed, sample_id, copy index)
 only. At most ``2 * workers + 2`` chunks are in flight, so memory does not grow with the number of
-slices. A `Renderer` (one per thread, process or Ray actor) loads the engine once.
+slices. A `Renderer` (one per thread, process or Ray actor) loads the engine once, and with
+``--qc-model`` the content check's model (`qc`), which scores each chunk's copies where they are
+rendered and has those below the threshold rendered again.
 
 Worker processes die with the build: each arms a parent-death signal (Linux) and watches its
 parent, so a build killed with SIGKILL leaves no orphan rendering (nor multiprocessing's resource
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from styleswap import contract
 from styleswap.generator import shards
 from styleswap.generator.engines.base import CopyRequest, engine_class
+from styleswap.generator.qc import CheckSettings
 from styleswap.generator.sources.base import SourceSlice
 
 
@@ -51,6 +54,8 @@ class RenderJob:
     encode: bool = False
     #: torch threads per worker, for engines that use torch
     threads: int | None = None
+    #: the content check (``--qc-model``), or None
+    qc: CheckSettings | None = None
 
 
 class Renderer:
@@ -59,15 +64,31 @@ class Renderer:
     def __init__(self, job: RenderJob) -> None:
         cls = engine_class(job.engine)
         self.job, self.engine = job, cls(**job.settings)
-        if job.threads and cls.uses_torch:
+        # the content check's scores are bitwise reproducible on one thread only (see generator.qc)
+        threads = 1 if job.qc else job.threads
+        if threads and (cls.uses_torch or job.qc):
             import torch
 
-            torch.set_num_threads(job.threads)
+            torch.set_num_threads(threads)
         self.engine.load()
+        self.qc = None
+        if job.qc is not None:
+            from styleswap.generator.qc import ContentCheck
+
+            self.qc = ContentCheck(job.qc, job.seed)
+
+    def _render(self, requests: list[CopyRequest]) -> list:
+        """The engine's copies of ``requests``, in engine-sized batches."""
+        engine, results = self.engine, []
+        for i in range(0, len(requests), max(1, engine.batch_size)):
+            results.extend(engine.render(requests[i : i + engine.batch_size]))
+        if len(results) != len(requests):
+            raise RuntimeError(f"engine {engine.name} returned {len(results)} copies for {len(requests)} requests")
+        return results
 
     def render(self, slices: list[SourceSlice]) -> list[shards.Row]:
         """All copies of a chunk of slices, rendered in engine-sized batches, encoded if asked."""
-        engine, job = self.engine, self.job
+        job = self.job
         requests = []
         for s in slices:
             image = contract.to_unit_float(s.image)  # once per slice, shared by its K requests
@@ -76,12 +97,11 @@ class Renderer:
                             image=image, mask=s.mask, modality=s.modality)
                 for c in range(job.copies)
             ]
-        results = []
-        for i in range(0, len(requests), max(1, engine.batch_size)):
-            results.extend(engine.render(requests[i : i + engine.batch_size]))
-        if len(results) != len(requests):
-            raise RuntimeError(f"engine {engine.name} returned {len(results)} copies for {len(requests)} requests")
-        rows, k = [], job.copies
+        results, k, scores = self._render(requests), job.copies, None
+        if self.qc is not None:  # score every copy; re-render those below the threshold
+            results, requests, scores = self.qc.check(requests, results, [s.image.dtype for s in slices for _ in range(k)],
+                                                      [s.case_id for s in slices for _ in range(k)], self._render)
+        rows = []
         for j, s in enumerate(slices):
             mine, reqs = results[j * k : (j + 1) * k], requests[j * k : (j + 1) * k]
             row = shards.Row(
@@ -90,6 +110,7 @@ class Renderer:
                 augmented=[contract.from_unit_float(c.image, s.image.dtype) for c in mine],
                 prompts=[c.prompt for c in mine], seeds=[r.seed for r in reqs],
                 engine=job.engine, spacing=tuple(float(x) for x in s.spacing), split=s.split, source_png=s.png,
+                qc_dice=scores[j * k : (j + 1) * k] if scores is not None else None,
             )
             if job.encode:
                 row.encode()

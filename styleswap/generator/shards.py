@@ -42,6 +42,8 @@ class Row:
     engine: str
     spacing: tuple[float, float, float]
     split: str = "train"
+    #: per copy, the content check's Dice (`generator.qc`); None when no check ran (no column)
+    qc_dice: list[float] | None = None
     # PNG bytes, filled by the renderer (in worker processes) when the format is Parquet, so that
     # encoding is parallel and the single writer only writes bytes.
     encoded: dict[str, Any] | None = field(default=None, repr=False)
@@ -59,12 +61,16 @@ class Row:
 
 class _ParquetShard:
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer = None  # opened with the first rows: they say whether the shard has qc_dice
+        self.pending: list[Row] = []
+
+    def _open(self, qc: bool) -> None:
         import pyarrow.parquet as pq
 
-        self.path = path
-        self.schema = contract.arrow_schema()
-        self.writer = pq.ParquetWriter(path, self.schema, compression="none")
-        self.pending: list[Row] = []
+        self.qc = qc
+        self.schema = contract.arrow_schema(qc=qc)
+        self.writer = pq.ParquetWriter(self.path, self.schema, compression="none")
 
     def add(self, row: Row) -> None:
         self.pending.append(row)
@@ -77,30 +83,37 @@ class _ParquetShard:
         if not self.pending:
             return
         rows = self.pending
+        if self.writer is None:
+            self._open(rows[0].qc_dice is not None)
         for r in rows:
             if r.encoded is None:
                 r.encode()
-        table = pa.Table.from_pydict(
-            {
-                "sample_id": [r.sample_id for r in rows],
-                "case_id": [r.case_id for r in rows],
-                "slice_index": [int(r.slice_index) for r in rows],
-                "modality": [r.modality for r in rows],
-                "image": [{"bytes": r.encoded["image"], "path": None} for r in rows],
-                "mask": [{"bytes": r.encoded["mask"], "path": None} for r in rows],
-                "augmented": [[{"bytes": b, "path": None} for b in r.encoded["augmented"]] for r in rows],
-                "prompts": [list(r.prompts) for r in rows],
-                "seeds": [[int(s) for s in r.seeds] for r in rows],
-                "engine": [r.engine for r in rows],
-                "spacing": [[float(s) for s in r.spacing] for r in rows],
-            },
-            schema=self.schema,
-        )
+            if (r.qc_dice is not None) != self.qc:
+                raise RuntimeError(f"{self.path.name}: row {r.sample_id} {'lacks' if self.qc else 'has'} qc_dice, "
+                                   "unlike the shard's other rows")
+        columns = {
+            "sample_id": [r.sample_id for r in rows],
+            "case_id": [r.case_id for r in rows],
+            "slice_index": [int(r.slice_index) for r in rows],
+            "modality": [r.modality for r in rows],
+            "image": [{"bytes": r.encoded["image"], "path": None} for r in rows],
+            "mask": [{"bytes": r.encoded["mask"], "path": None} for r in rows],
+            "augmented": [[{"bytes": b, "path": None} for b in r.encoded["augmented"]] for r in rows],
+            "prompts": [list(r.prompts) for r in rows],
+            "seeds": [[int(s) for s in r.seeds] for r in rows],
+            "engine": [r.engine for r in rows],
+            "spacing": [[float(s) for s in r.spacing] for r in rows],
+        }
+        if self.qc:
+            columns[contract.QC_COLUMN] = [[float(d) for d in r.qc_dice] for r in rows]
+        table = pa.Table.from_pydict(columns, schema=self.schema)
         self.writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
         self.pending = []
 
     def close(self) -> None:
         self._flush()
+        if self.writer is None:
+            self._open(False)
         self.writer.close()
         fsync_path(self.path)
 
@@ -135,13 +148,15 @@ class _HDF5Shard:
             "modality": ((), s),
             "engine": ((), s),
         }
+        if row.qc_dice is not None:
+            spec[contract.QC_COLUMN] = ((k,), np.float32)
         for name, (shape, dtype) in spec.items():
             chunks = (min(ROW_GROUP_SIZE, 8) if len(shape) >= 2 else ROW_GROUP_SIZE, *shape)
             self.ds[name] = self.file.create_dataset(
                 name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                 chunks=chunks if all(chunks) else None, track_times=False,
             )
-        self.file.attrs["format_version"] = contract.FORMAT_VERSION
+        self.file.attrs["format_version"] = contract.format_version(spec)
 
     def add(self, row: Row) -> None:
         if not self.ds:
@@ -163,6 +178,10 @@ class _HDF5Shard:
         }
         if row.augmented:
             values["augmented"] = np.stack(row.augmented)
+        if (row.qc_dice is not None) != (contract.QC_COLUMN in self.ds):
+            raise RuntimeError(f"{self.path.name}: row {row.sample_id} and the shard's first row differ in having qc_dice")
+        if row.qc_dice is not None:
+            values[contract.QC_COLUMN] = np.asarray(row.qc_dice, np.float32)
         for name, v in values.items():
             self.ds[name][i] = v
         self.n += 1

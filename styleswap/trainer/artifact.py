@@ -16,7 +16,6 @@ config.json keys (beyond the network's, see `model`)::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from styleswap import contract
 from styleswap.contract import Manifest
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.hub import resolve_model_repo
-from styleswap.trainer.model import CONFIG_NAME, WEIGHTS_NAME, SegNet, load_model, resolve_model_dir
+from styleswap.trainer.model import CONFIG_NAME, WEIGHTS_NAME, SegNet, load_model, read_config, resolve_model_dir
 from styleswap.volumes.preprocess import Preprocessing
 
 def _rule_name(rule: Any) -> str:
@@ -100,12 +99,6 @@ def open_model(spec: str | Path) -> ModelArtifact:
     """A run folder (best/, then final/), ``best/``, ``final/``, ``checkpoints/step-N``, a model
     folder, or ``hf://NAMESPACE/NAME[@REVISION]``. Pickle weights are refused, never opened."""
     folder = resolve_model_dir(resolve_model_repo(spec))
-    cpath = folder / CONFIG_NAME
-    try:
-        config = json.loads(cpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StyleSwapError(f"{cpath}: unreadable ({' '.join(str(e).split())})") from None
-    if not isinstance(config, dict) or "num_classes" not in config:
-        raise StyleSwapError(f"{cpath}: not a StyleSwap model config (no num_classes)")
-    pre = Preprocessing.from_config(config, str(cpath))
+    config = read_config(folder)
+    pre = Preprocessing.from_config(config, str(folder / CONFIG_NAME))
     return ModelArtifact(str(spec), folder, config, contract.sha256_file(folder / WEIGHTS_NAME), pre)

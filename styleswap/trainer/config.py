@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from styleswap.errors import StyleSwapError
+from styleswap.networks import ARCHS  # the network definition (shared floor) owns its architectures
 from styleswap.volumes.intensity import INPUT_NORMS  # the neutral layer owns what a network reads
 
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
 LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
-ARCHS = ("unet", "basicunet", "effb2")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -43,6 +43,9 @@ class TrainConfig:
     split: str | None = option(None, "Use only shards of this split from --data.")
     val_split: str | None = option(None, "Use only this split of --val (e.g. the 'validation' split that "
                                    "'augment ingest --split' writes).")
+    min_qc_dice: float | None = option(None, "Draw only copies whose content check reached this Dice (the qc_dice column "
+                                       "of 'augment build --qc-model'); a slice with none left trains on its original.",
+                                       metavar="X")
     # method and network
     loss: str = option("dice+infonce", "Training method: erm (originals only) | dice (Dice+CE on original and copy) | "
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "
@@ -121,6 +124,8 @@ class TrainConfig:
         for name in ("rotate_deg", "scale", "shear_deg", "shift", "elastic", "nce_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise StyleSwapError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.min_qc_dice is not None and not 0.0 <= self.min_qc_dice <= 1.0:
+            raise StyleSwapError(f"--min-qc-dice must be within [0, 1], got {self.min_qc_dice}")
         if not 0.0 <= self.ema < 1.0:
             raise StyleSwapError(f"--ema must be within [0, 1), got {self.ema}")
         if self.resume and self.overwrite:

@@ -17,7 +17,9 @@ Streaming rules (why they hold):
 * A shuffle buffer (seeded by ``(seed, epoch, consumer)``) reorders rows within a consumer. It holds
   raw (still PNG-encoded) rows; rows are decoded only when they leave the buffer.
 * The copy drawn for a slice depends on ``(seed, epoch, sample_id)`` only, not on order or worker,
-  so the pairs are the same however the data are partitioned or resumed.
+  so the pairs are the same however the data are partitioned or resumed. With ``min_qc_dice``
+  (``train seg --min-qc-dice``) copies are drawn among those whose content check (``qc_dice``
+  column) reached it; a row with none trains on its original, as a row without copies does.
 * ``skip_batches`` (used on resume) drops, without decoding them, the rows of the first batches of an
   epoch. It assumes the DataLoader's round-robin over workers (batch ``b`` comes from worker
   ``b % num_workers``), which holds exactly until the first worker runs out of rows near the end of
@@ -48,6 +50,8 @@ from styleswap.trainer.hub import resolve_dataset
 REQUIRED_COLUMNS = ("sample_id", "case_id", "slice_index", "image", "mask", "augmented", "spacing")
 #: HDF5 read unit = the Parquet writer's row group, so both formats shuffle identically.
 H5_BLOCK_ROWS = contract.ROW_GROUP_SIZE
+#: Per copy, the content check's Dice (optional: only datasets built with ``--qc-model`` have it).
+QC_COLUMN = contract.QC_COLUMN
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class ShardInfo:
     #: (start, stop, row_group) row ranges read as one unit (Parquet row groups / HDF5 blocks;
     #: row_group is -1 for HDF5)
     units: tuple[tuple[int, int, int], ...]
+    #: the shard holds the optional ``qc_dice`` column
+    has_qc: bool = False
 
 
 @dataclass
@@ -120,7 +126,8 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
         missing = [c for c in REQUIRED_COLUMNS if c not in reader.columns]
         if missing:
             raise StyleSwapError(f"{spath}: missing column(s) {', '.join(missing)}")
-        shards.append(ShardInfo(spath, entry.split, reader.num_rows, manifest.format, reader.units))
+        shards.append(ShardInfo(spath, entry.split, reader.num_rows, manifest.format, reader.units,
+                                QC_COLUMN in reader.columns))
     info = DatasetInfo(root, manifest, dict(manifest.labels), manifest.format, shards, (0, 0), manifest.modality,
                        volume_stats=dict(manifest.volume_stats or {}))
     if info.num_rows == 0:
@@ -134,9 +141,10 @@ def open_dataset(path: str | Path, split: str | None = None) -> DatasetInfo:
     return info
 
 
-def _read_unit(shard: ShardInfo, unit: tuple[int, int, int]) -> Iterator[dict[str, Any]]:
+def _read_unit(shard: ShardInfo, unit: tuple[int, int, int], columns: Sequence[str] = REQUIRED_COLUMNS
+               ) -> Iterator[dict[str, Any]]:
     """Raw rows of one unit: PNG bytes (Parquet) or arrays (HDF5), not decoded."""
-    for row in read_unit(shard.path, shard.fmt, unit, REQUIRED_COLUMNS):
+    for row in read_unit(shard.path, shard.fmt, unit, columns):
         row["shard"] = shard.path
         yield row
 
@@ -151,6 +159,35 @@ def _decode_cell(value: bytes | np.ndarray, shard: Path, sid: str, what: str) ->
         return _decode(value)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged PNG
         raise StyleSwapError(f"{shard}: row {sid}: cannot decode the {what} ({' '.join(str(e).split()) or type(e).__name__})") from None
+
+
+def require_qc(d: DatasetInfo) -> None:
+    """Refuse ``--min-qc-dice`` on a dataset whose shards lack the ``qc_dice`` column."""
+    missing = next((s for s in d.shards if not s.has_qc), None)
+    if missing is not None:
+        raise StyleSwapError(f"{missing.path}: --min-qc-dice needs the {QC_COLUMN} column, which datasets built "
+                             "with 'augment build --qc-model' have; this one has none")
+
+
+def qc_filter(datasets: Sequence[DatasetInfo], min_qc_dice: float | None) -> str | None:
+    """What ``--min-qc-dice`` skips in ``datasets`` (one line to report once at start), or None
+    when it is off. Refuses data without the ``qc_dice`` column; reads that column only."""
+    if min_qc_dice is None:
+        return None
+    copies = skipped = bare = 0
+    for d in datasets:
+        require_qc(d)
+        for shard in d.shards:
+            for unit in shard.units:
+                for row in read_unit(shard.path, shard.fmt, unit, [QC_COLUMN]):
+                    scores = row[QC_COLUMN]
+                    weak = sum(1 for x in scores if x < min_qc_dice)
+                    copies, skipped = copies + len(scores), skipped + weak
+                    if scores and weak == len(scores):
+                        bare += 1
+    share = f" ({100 * skipped / copies:.1f} %)" if copies else ""
+    return (f"--min-qc-dice {min_qc_dice}: skipping {skipped} of {copies} copies{share} whose qc_dice is below it; "
+            f"{bare} rows have no copy left and train on their original")
 
 
 def _seed_of(*parts: int | str) -> int:
@@ -186,6 +223,8 @@ class SliceStream(IterableDataset):
         num_classes: masks must hold ids below this (default: the datasets' class count).
         with_copies: draw copies per row (off for evaluation, where ``augmented`` is the image).
         copies: how many copies to draw per row (``gin-ipa`` wants 3).
+        min_qc_dice: draw only copies whose ``qc_dice`` is at least this (datasets built with the
+            content check; refused on others). None: every copy.
         skip_batches, batch_size: on resume, skip the first ``skip_batches`` batches of the epoch.
     """
 
@@ -203,10 +242,13 @@ class SliceStream(IterableDataset):
         skip_batches: int = 0,
         batch_size: int = 1,
         copies: int = 1,
+        min_qc_dice: float | None = None,
     ) -> None:
         super().__init__()
         if not datasets:
             raise StyleSwapError("no dataset given")
+        for d in datasets if min_qc_dice is not None else ():
+            require_qc(d)
         first = datasets[0]
         for d in datasets[1:]:
             if d.labels != first.labels:
@@ -226,6 +268,8 @@ class SliceStream(IterableDataset):
         self.copies = max(1, int(copies))
         self.skip_batches = int(skip_batches)
         self.batch_size = int(batch_size)
+        self.min_qc_dice = min_qc_dice
+        self._columns = REQUIRED_COLUMNS + ((QC_COLUMN,) if min_qc_dice is not None else ())
         self.epoch = 0
         self._units = [(s, u) for d in self.datasets for s in d.shards for u in s.units]
         self._stats = {s.path: d.volume_stats for d in self.datasets for s in d.shards}
@@ -249,11 +293,11 @@ class SliceStream(IterableDataset):
             random.Random(_seed_of(self.seed, self.epoch, "units")).shuffle(units)
         if len(units) >= consumers:
             for shard, unit in units[consumer::consumers]:
-                yield from _read_unit(shard, unit)
+                yield from _read_unit(shard, unit, self._columns)
         else:  # too few units to deal out: stride over rows instead
             k = 0
             for shard, unit in units:
-                for row in _read_unit(shard, unit):
+                for row in _read_unit(shard, unit, self._columns):
                     if k % consumers == consumer:
                         yield row
                     k += 1
@@ -302,14 +346,17 @@ class SliceStream(IterableDataset):
                 "(ids 0..{})".format(self.num_classes - 1)
             )
         copies = row["augmented"]
-        has_copy = self.with_copies and len(copies) > 0
+        eligible = list(range(len(copies)))  # the copies to draw from: all, or those that passed the check
+        if self.min_qc_dice is not None:
+            eligible = [i for i, d in enumerate(row[QC_COLUMN]) if d >= self.min_qc_dice]
+        has_copy = self.with_copies and len(eligible) > 0
         if has_copy:
             rng = random.Random(_seed_of(self.seed, self.epoch, "copy", sid))
-            n = len(copies)
+            n = len(eligible)
             picks = [rng.randrange(n)] if self.copies == 1 else (rng.sample(range(n), self.copies) if n >= self.copies
                                                                   else [rng.randrange(n) for _ in range(self.copies)])
             augs = []
-            for pick in picks:
+            for pick in (eligible[p] for p in picks):
                 aug = _decode_cell(copies[pick], shard, sid, f"copy {pick}")
                 if aug.shape != self.image_size:
                     raise StyleSwapError(f"{shard}: copy {pick} of {sid} has shape {aug.shape}, expected {self.image_size}")

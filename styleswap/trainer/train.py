@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from styleswap.trainer import runs
 from styleswap.trainer.artifact import describe_training
 from styleswap.trainer.augment import build_augmenter
 from styleswap.trainer.config import LOSSES, TrainConfig
-from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset
+from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset, qc_filter
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.methods import METHODS, derive_step, initial_views, run_step
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
@@ -155,11 +156,14 @@ def _setup(cfg: TrainConfig) -> _Run:
             if not d.volume_stats:
                 raise StyleSwapError(f"{d.root}: --input-norm zscore needs each volume's mean and std (manifest "
                                      "volume_stats), which this dataset lacks; ingest it again with this version")
+    qc_note = qc_filter(infos, cfg.min_qc_dice)  # refuses --min-qc-dice on data without qc_dice; None when off
     data_ids = [runs.data_identity(d.root) for d in infos]
     val_id = runs.data_identity(val_info.root) if val_info else None
     previous = runs.prepare(cfg, data_ids, val_id)
 
     accelerator = make_accelerator(cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    if qc_note and accelerator.is_main_process:
+        print(qc_note, file=sys.stderr)  # once, at start
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     mcfg = default_config(len(labels), cfg.arch, cfg.channels, cfg.depth, num_res_units=cfg.num_res_units, labels=labels,
                           image_size=list(size), input_norm=cfg.input_norm, modality=infos[0].modality or None)  # fmt: skip
@@ -225,7 +229,7 @@ def _batches(cfg: TrainConfig, infos: list[DatasetInfo], rank: int, world: int, 
     while True:
         stream = SliceStream(infos, shuffle=True, buffer_size=cfg.buffer_size, seed=cfg.seed, rank=rank, world_size=world,
                              skip_batches=skip, batch_size=cfg.batch_size, with_copies=method.copies > 0,
-                             copies=max(1, method.copies))  # fmt: skip
+                             copies=max(1, method.copies), min_qc_dice=cfg.min_qc_dice)  # fmt: skip
         stream.set_epoch(epoch)
         loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=torch.cuda.is_available())
         k, got = skip, False

@@ -93,6 +93,7 @@ def _row_schema():
         ("engine", pa.string()), ("spacing", pa.list_(pa.float64())), ("prompts", pa.list_(pa.string())),
         ("seeds", pa.list_(pa.int64())), ("image", pa.binary()), ("mask", pa.binary()),
         ("augmented", pa.list_(pa.binary())), ("png_image", pa.binary()), ("png_mask", pa.binary()),
+        ("qc_dice", pa.list_(pa.float32())),
     ])
 
 
@@ -117,6 +118,7 @@ def rows_to_table(rows: list[shards.Row], first_position: int):
         cols["augmented"].append(list(enc["augmented"]) if enc else [_npy(a) for a in r.augmented])
         cols["png_image"].append(enc["image"] if enc else None)
         cols["png_mask"].append(enc["mask"] if enc else None)
+        cols["qc_dice"].append(r.qc_dice)  # None (null) without the content check
     return pa.Table.from_pydict(cols, schema=_row_schema())
 
 
@@ -129,7 +131,7 @@ def row_from_record(rec: dict[str, Any]) -> shards.Row:
         modality=rec["modality"], image=_from_npy(rec["image"]), mask=_from_npy(rec["mask"]),
         augmented=[] if encoded else [_from_npy(b) for b in rec["augmented"]],
         prompts=list(rec["prompts"]), seeds=[int(s) for s in rec["seeds"]], engine=rec["engine"],
-        spacing=tuple(float(s) for s in rec["spacing"]), split=rec["split"],
+        spacing=tuple(float(s) for s in rec["spacing"]), split=rec["split"], qc_dice=rec["qc_dice"],
     )
     if encoded:
         row.encoded = {"image": rec["png_image"], "mask": rec["png_mask"], "augmented": list(rec["augmented"])}
