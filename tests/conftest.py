@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Helper modules whose asserts should explain themselves as the tests' own do.
+pytest.register_assert_rewrite("bad_input_helpers", "cli_util", "trainer_fixtures", "predict_fixtures")
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

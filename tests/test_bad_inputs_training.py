@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from bad_input_helpers import tree
 from cli_util import run_cli
-from test_bad_inputs import tree
 from trainer_fixtures import write_dataset
 
 TINY = ["--channels", "4", "--depth", "3", "--res-units", "1", "--workers", "0", "--no-progress", "--nce-patches", "16",

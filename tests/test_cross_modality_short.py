@@ -44,5 +44,7 @@ def test_short_benchmark_best_row_beats_erm(shared_data, tmp_path, direction, ma
         # inference options were chosen on source validation: the chosen one scored best there
         assert run["source_val_dice"][run["inference"]] == max(run["source_val_dice"].values())
         assert run["mean_dice_plain"] is not None
+    # shown by `pytest -rP`: the figures behind the margin
+    print(f"{direction}: ERM {erm['mean_dice']:.3f}, best row {best['mean_dice']:.3f} (margin asserted {margin})")
     assert best["mean_dice"] - erm["mean_dice"] >= margin, (erm, best)
     assert proc.returncode == 0  # the script's own check agrees
