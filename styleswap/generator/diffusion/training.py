@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,9 @@ import torch
 
 from styleswap.accelerator import make_accelerator
 from styleswap.errors import StyleSwapError
+from styleswap import checkpoints
+from styleswap.safe_state import META as OPTIMIZER_META
+from styleswap.safe_state import TENSORS as OPTIMIZER_TENSORS
 from styleswap.safe_state import load_optimizer, save_optimizer
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -126,35 +128,25 @@ def step_generator(seed: int, micro_step: int) -> torch.Generator:
 # --- checkpoints ---------------------------------------------------------------------------------
 
 
+#: A diffusion stage's checkpoint: its weights, the optimizer and the step (one writer for both
+#: halves: `styleswap.checkpoints`, written to a temporary folder, synced, renamed).
+LAYOUT = checkpoints.Layout(CHECKPOINT_PREFIX, ("model.safetensors", OPTIMIZER_TENSORS, OPTIMIZER_META, "state.json"))
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    cps = [p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "state.json").is_file()]
-    return sorted(cps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    """Complete checkpoints, oldest first (a folder a kill cut short never carries the name)."""
+    return [p for _, p in checkpoints.complete(Path(output_dir), LAYOUT)]
 
 
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimizer, extra: dict, limit: int | None) -> Path:
     from safetensors.torch import save_model
 
-    output_dir = Path(output_dir)
-    if limit is not None:
-        existing = list_checkpoints(output_dir)
-        for old in existing[: max(0, len(existing) - limit + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    def fill(tmp: Path) -> None:
         save_model(model, str(tmp / "model.safetensors"))
         save_optimizer(optimizer, tmp)
         (tmp / "state.json").write_text(json.dumps({"global_step": step, **extra}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return checkpoints.write(Path(output_dir), LAYOUT, step, fill, keep=limit)
 
 
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
