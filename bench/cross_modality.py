@@ -144,6 +144,11 @@ def main() -> int:
     ap.add_argument("--rows", default=None, help="comma-separated row indices to run (default all)")
     ap.add_argument("--tag", default="", help="suffix for the run folders of this invocation (ablations of the same rows)")
     ap.add_argument("--check-margin", type=float, default=None, help="exit 1 unless the best row beats ERM by this much mean Dice (0-1)")
+    ap.add_argument("--qc-model", type=Path, default=None,
+                    help="content check of the copies: a source-only model (e.g. an earlier ERM row's run folder) scores every "
+                         "copy at build time and weak ones are re-rendered (augment build --qc-model); use its own --workdir")
+    ap.add_argument("--qc-min-dice", type=float, default=0.5, help="with --qc-model: the build's --qc-min-dice and the rows' "
+                                                                    "train seg --min-qc-dice")
     ap.add_argument("--prepare-only", action="store_true", help="ingest and build the datasets, train nothing")
     args = ap.parse_args()
 
@@ -178,24 +183,31 @@ def main() -> int:
     run(augment + ["ingest", str(W / "src" / "train"), "--out", str(ds["src-train"]), "--modality", src_mod, *common, *train_ingest_flags], log)
     run(augment + ["ingest", str(W / "src" / "val"), "--out", str(ds["src-val"]), "--modality", src_mod, "--keep-empty", "1", *common], log)
     run(augment + ["ingest", str(tgt), "--out", str(ds["target"]), "--modality", tgt_mod, "--keep-empty", "1", *common], log)
+    # the content check (issue 15): the model is trained on the source only, so the target stays unseen
+    qc_build = ["--qc-model", str(args.qc_model.resolve()), "--qc-min-dice", str(args.qc_min_dice)] if args.qc_model else []
     for engine in ("gin", "bezier"):
         run(augment + ["build", "--source", str(ds["src-train"]), "--engine", engine, "--copies", str(copies),
                        "--out", str(ds[f"src-{engine}"]), "--seed", "0", "--workers", str(args.workers),
-                       "--overwrite"], log)  # fmt: skip
+                       "--overwrite", *qc_build], log)  # fmt: skip
 
     if args.prepare_only:
         print(f"datasets ready under {W}")
         return 0
     extra = args.train_args.split()
+    qc_train = ["--min-qc-dice", str(args.qc_min_dice)] if args.qc_model else []
     recipe = RECIPE + ["--intensity-aug", args.intensity_aug] + proto_train + extra
     budget = {"steps": steps, "batch_size": args.batch_size, "size": size, "copies": copies, "recipe": " ".join(recipe),
               "nce_weight": args.nce_weight, "seeds": seeds, "direction": args.direction, "protocol": args.protocol,
-              "train_cases": len(train_cases), "val_cases": val_cases, "target_cases": len(list_cases(tgt))}  # fmt: skip
+              "train_cases": len(train_cases), "val_cases": val_cases, "target_cases": len(list_cases(tgt)),
+              "qc_model": str(args.qc_model) if args.qc_model else None,
+              "qc_min_dice": args.qc_min_dice if args.qc_model else None}  # fmt: skip
     every = max(steps // 10, 10)
     picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else ROWS)
     runs = []
     for name, keys, loss, row_aug in picked:
         row_recipe = recipe if row_aug is None else [*RECIPE, "--intensity-aug", row_aug, *proto_train, *extra]
+        if qc_train and any(k in ("src-gin", "src-bezier") for k in keys):
+            row_recipe = [*row_recipe, *qc_train]
         for seed in seeds:
             slug = f"{'+'.join(keys)}-{loss.replace('+', '-')}-s{seed}{args.tag}".replace("src-", "")
             runs.append(evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, row_recipe, steps, args, every))
