@@ -7,8 +7,9 @@ What test_ingest_errors.py and test_cli_errors.py already cover is not repeated 
 
 The other hostile inputs, checked the same way, are in test_bad_inputs_paths.py (paths that lead
 out of folders, the rules of `styleswap.generator.safe_paths`), test_bad_inputs_weights.py
-(pickle weights), test_bad_inputs_predict.py (`train predict`) and test_bad_inputs_settings.py
-(build settings, two writers, the content check's model); their helpers are in
+(pickle weights), test_bad_inputs_predict.py (`train predict`), test_bad_inputs_settings.py
+(build settings, two writers, the content check's model) and test_bad_inputs_training.py
+(`train seg` and `train eval`), all in this folder; their helpers are in
 bad_input_helpers.py.
 """
 

@@ -1,4 +1,4 @@
-"""Helpers and fixtures shared by the hostile-input tests (tests/test_bad_inputs*.py).
+"""Helpers and fixtures shared by the hostile-input tests (tests/bad_inputs/, one file per kind of input).
 
 ``refused`` runs a command that must be refused and checks the contract of test_bad_inputs.py:
 exit code 2, one line on stderr naming the file, and nothing written under the test folder.
