@@ -41,6 +41,7 @@ import numpy as np
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
+from styleswap.metrics import class_counts, dice_from_counts
 
 
 @dataclass(frozen=True)
@@ -113,15 +114,9 @@ def open_check(spec: str, min_dice: float, tries: int, labels: dict[str, int], i
 def mean_dice(pred: np.ndarray, mask: np.ndarray) -> float:
     """Dice averaged over the organs (label ids > 0) present in ``pred`` or ``mask``; 1.0 when
     neither shows one. Float32, computed from integer counts, so it is exact and reproducible."""
-    organs = np.union1d(np.unique(pred), np.unique(mask))
-    organs = organs[organs != 0]
-    if organs.size == 0:
-        return 1.0
-    scores = []
-    for o in organs:
-        p, m = pred == o, mask == o
-        scores.append(2.0 * np.count_nonzero(p & m) / (np.count_nonzero(p) + np.count_nonzero(m)))
-    return float(np.float32(np.mean(scores)))
+    dice = dice_from_counts(*class_counts(pred, mask, int(max(pred.max(), mask.max())) + 1))
+    present = dice[~np.isnan(dice)]  # organs in neither are NaN: not scored
+    return 1.0 if present.size == 0 else float(np.float32(np.mean(present)))
 
 
 class ContentCheck:

@@ -35,25 +35,9 @@ from torch.utils.data import DataLoader
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
+from styleswap.metrics import class_counts, dice_from_counts  # noqa: F401 (raw_eval and tests import them from here)
 from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, open_dataset
 from styleswap.trainer.model import SegNet, load_model, normalize_input, resolve_model_dir
-
-
-def dice_from_counts(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> np.ndarray:
-    """Dice per class from sums; NaN where both prediction and ground truth are empty."""
-    inter, psum, gsum = (np.asarray(a, dtype=np.float64) for a in (inter, psum, gsum))
-    denom = psum + gsum
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2.0 * inter / np.where(denom > 0, denom, 1.0), np.nan)
-
-
-def class_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class (|P & G|, |P|, |G|) for ids 1..num_classes-1. Arrays of any equal shape."""
-    p, g = np.asarray(pred).ravel().astype(np.int64), np.asarray(gt).ravel().astype(np.int64)
-    psum = np.bincount(p, minlength=num_classes)[1:num_classes]
-    gsum = np.bincount(g, minlength=num_classes)[1:num_classes]
-    inter = np.bincount(p[p == g], minlength=num_classes)[1:num_classes]
-    return inter, psum, gsum
 
 
 def dice_per_organ(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
