@@ -130,8 +130,18 @@ def test_the_copy_seed_is_pinned():
 @pytest.mark.parametrize("qc", [False, True])
 def test_the_shard_schema_and_card_features_are_those_datasets_would_write(qc):
     """Built without importing `datasets`, yet identical to what `datasets` makes of the features,
-    with and without the optional qc_dice column."""
-    features = contract.hf_features(qc=qc)
+    with and without the optional qc_dice column; the reference is spelled out here, in datasets' terms."""
+    import datasets
+
+    features = datasets.Features({
+        "sample_id": datasets.Value("string"), "case_id": datasets.Value("string"),
+        "slice_index": datasets.Value("int32"), "modality": datasets.Value("string"),
+        "image": datasets.Image(), "mask": datasets.Image(), "augmented": datasets.Sequence(datasets.Image()),
+        "prompts": datasets.Sequence(datasets.Value("string")), "seeds": datasets.Sequence(datasets.Value("int64")),
+        "engine": datasets.Value("string"), "spacing": datasets.Sequence(datasets.Value("float32")),
+        **({contract.QC_COLUMN: datasets.Sequence(datasets.Value("float32"))} if qc else {}),
+    })
+    assert contract.hf_features(qc=qc) == features
     assert contract.arrow_schema(qc=qc).equals(features.arrow_schema, check_metadata=True)
     assert contract.card_features(qc=qc) == features._to_yaml_list()
     assert (contract.QC_COLUMN in contract.arrow_schema(qc=qc).names) == qc

@@ -190,29 +190,12 @@ def card_features(qc: bool = False) -> list[dict[str, str]]:
             for n, f in _features(qc).items()]
 
 
-def hf_features(labels: dict[str, int] | None = None, qc: bool = False):
-    """The `datasets.Features` of a Parquet shard (imported lazily: datasets is heavy); ``qc`` adds
-    the optional ``qc_dice`` column."""
+def hf_features(qc: bool = False):
+    """`FEATURES` as `datasets.Features` (imported lazily: datasets is heavy); ``qc`` adds the
+    optional ``qc_dice`` column."""
     import datasets
 
-    features = datasets.Features(
-        {
-            "sample_id": datasets.Value("string"),
-            "case_id": datasets.Value("string"),
-            "slice_index": datasets.Value("int32"),
-            "modality": datasets.Value("string"),
-            "image": datasets.Image(),
-            "mask": datasets.Image(),
-            "augmented": datasets.Sequence(datasets.Image()),
-            "prompts": datasets.Sequence(datasets.Value("string")),
-            "seeds": datasets.Sequence(datasets.Value("int64")),
-            "engine": datasets.Value("string"),
-            "spacing": datasets.Sequence(datasets.Value("float32")),
-        }
-    )
-    if qc:
-        features[QC_COLUMN] = datasets.Sequence(datasets.Value("float32"))
-    return features
+    return datasets.Features.from_dict(_features(qc))
 
 
 # --- PNG codec -----------------------------------------------------------------------------------
