@@ -142,3 +142,14 @@ def test_a_bezier_build_from_an_ingested_dataset_does_not_import_torch(tmp_path)
     mods = build_modules(tmp_path, "--source", "src", "--out", "ds", "--engine", "bezier", "-k", "1", "--workers", "2")
     assert (tmp_path / "ds" / "manifest.json").is_file()
     assert "torch" not in mods
+
+
+def test_a_gin_build_with_worker_processes_loads_torch_only_in_them(tmp_path):
+    """The build's own process plans, reads and writes; with --workers 2 the engine (and torch,
+    a second of start-up) lives in the render processes alone."""
+    from cli_util import augment
+
+    assert augment(["ingest", "phantom:1", "--out", str(tmp_path / "src"), "--size", "32", "--no-preview"])[0] == 0
+    mods = build_modules(tmp_path, "--source", "src", "--out", "ds", "--engine", "gin", "-k", "1", "--workers", "2")
+    assert (tmp_path / "ds" / "manifest.json").is_file()
+    assert "torch" not in mods

@@ -120,6 +120,40 @@ def test_output_bytes_do_not_depend_on_workers(tmp_path, fmt):
     assert shard_bytes(tmp_path / "w1") == shard_bytes(tmp_path / "w2")
 
 
+@pytest.mark.slow
+def test_workers_decode_an_ingested_source_and_the_bytes_stay_those_of_one_worker(tmp_path):
+    """From an ingested dataset, worker processes get the source's PNG bytes and decode them
+    themselves, and send back bytes only: the shards are the one-worker build's, and the
+    originals are the source's stored bytes."""
+    ingested = tmp_path / "ing"
+    code, _, err = augment(["ingest", "phantom:2", "--out", str(ingested), *COMMON])
+    assert code == 0, err
+    one = build(tmp_path / "w1", "--engine", "gin", "--copies", "2", "--workers", "1", source=str(ingested))
+    two = build(tmp_path / "w2", "--engine", "gin", "--copies", "2", "--workers", "2", source=str(ingested))
+    assert [e["sha256"] for e in one["shards"]] == [e["sha256"] for e in two["shards"]]
+    def stored_images(folder: Path) -> dict[str, bytes]:
+        rows = [r for p in sorted((folder / "data").glob("*.parquet"))
+                for r in pq.read_table(p, columns=["sample_id", "image"]).to_pylist()]
+        return {r["sample_id"]: r["image"]["bytes"] for r in rows}
+
+    built = stored_images(tmp_path / "w2")
+    assert built and built.items() <= stored_images(ingested).items()
+
+
+def test_an_undecoded_source_slice_decodes_to_the_decoded_one(tmp_path):
+    ingested = tmp_path / "ing"
+    code, _, err = augment(["ingest", "phantom:1", "--out", str(ingested), *COMMON])
+    assert code == 0, err
+    eager = list(dataset.iter_source_slices(ingested))
+    lazy = list(dataset.iter_source_slices(ingested, decode=False))
+    assert len(lazy) == len(eager) > 0 and all(s.image is None and s.mask is None for s in lazy)
+    for a, b in zip(eager, lazy):
+        b.decoded()
+        assert a.sample_id == b.sample_id and a.spacing == b.spacing and a.png == b.png
+        assert np.array_equal(a.image, b.image) and a.image.dtype == b.image.dtype
+        assert np.array_equal(a.mask, b.mask) and a.mask.any() == b.mask.any()
+
+
 def test_hdf5_carries_the_same_fields(tmp_path, gin_dataset):
     import h5py
 

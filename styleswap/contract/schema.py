@@ -200,10 +200,11 @@ def hf_features(qc: bool = False):
 
 # --- PNG codec -----------------------------------------------------------------------------------
 # Written here, read with PIL. Every row is stored with PNG's "Sub" filter (each byte minus the one
-# to its left) and zlib level 1: lossless, about as small as PIL's level-1 output (16.4 vs 16.1 KiB
-# for a 192 x 192 CT slice) and 2.4x faster to write (0.63 vs 1.53 ms), because PIL tries all five
-# filters on every row. A build encodes five to nine PNGs per slice, so this is most of its
-# non-engine time (issue #16's profile). Any PNG reader decodes these files.
+# to its left) and zlib level 1 with the run-length strategy (matches at distance 1 only): lossless,
+# 1.8x faster than zlib's default strategy and smaller (192 x 192 CT slice: 0.21 vs 0.38 ms,
+# 16.3 vs 17.7 KiB; GIN copy: 0.22 vs 0.36 ms, 17.5 vs 18.7 KiB); PIL's encoder is 2.4x slower
+# again, as it tries all five filters on every row. A build encodes five to nine PNGs per slice, so
+# this is most of its non-engine time (issue #16's profile). Any PNG reader decodes these files.
 PNG_COMPRESS_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -230,7 +231,12 @@ def encode_png(array: np.ndarray) -> bytes:
     np.subtract(raw[:, bpp:], raw[:, :-bpp], out=lines[:, 1 + bpp :])  # modulo 256, as PNG wants
     header = struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0)  # grayscale, deflate, adaptive filters, no interlace
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(lines.tobytes(), PNG_COMPRESS_LEVEL)) + _png_chunk(b"IEND", b""))
+            + _png_chunk(b"IDAT", _deflate(lines.tobytes())) + _png_chunk(b"IEND", b""))
+
+
+def _deflate(data: bytes) -> bytes:
+    z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return z.compress(data) + z.flush()
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -48,21 +48,24 @@ def iter_rows(folder: Path, columns=None, split: str | None = None) -> Iterator[
             yield from ShardReader(manifest.shard_path(folder, entry)).iter_rows(columns)
 
 
-def source_slice(raw: dict[str, Any], split: str) -> SourceSlice:
-    """An undecoded shard row (`ShardReader.read`) as a source slice."""
+def source_slice(raw: dict[str, Any], split: str, decode: bool = True) -> SourceSlice:
+    """An undecoded shard row (`ShardReader.read`) as a source slice; with ``decode=False`` a
+    Parquet row keeps its images as PNG bytes only (`SourceSlice.decoded` decodes them)."""
     png = {k: raw[k] for k in ("image", "mask") if isinstance(raw.get(k), bytes)} or None
-    r = contract.decode_row(raw)
+    lazy = not decode and png is not None and len(png) == 2
+    r = {**raw, "image": None, "mask": None} if lazy else contract.decode_row(raw)
     return SourceSlice(sample_id=r["sample_id"], case_id=r["case_id"], slice_index=r["slice_index"],
                        modality=r["modality"], image=r["image"], mask=r["mask"], spacing=tuple(r["spacing"]),
                        split=split, png=png)
 
 
 def iter_source_slices(folder: Path, manifest: Manifest | None = None,
-                       select: Callable[[str, int], bool] | None = None) -> Iterator[SourceSlice]:
+                       select: Callable[[str, int], bool] | None = None, decode: bool = True) -> Iterator[SourceSlice]:
     """A dataset folder read back as source slices (to build copies from an ingested dataset).
 
     ``select(split, position_in_split) -> bool`` keeps only some rows; the others are skipped
-    without decoding their images (a distributed rank reads only its share).
+    without decoding their images (a distributed rank reads only its share). ``decode=False``
+    leaves the images of Parquet rows as PNG bytes, for the render workers to decode.
     """
     folder = Path(folder)
     manifest = manifest or read_manifest(folder)
@@ -74,7 +77,7 @@ def iter_source_slices(folder: Path, manifest: Manifest | None = None,
             position[split] = pos + 1
             if select is not None and not select(split, pos):
                 continue
-            yield source_slice(raw, split)
+            yield source_slice(raw, split, decode)
 
 
 def read_source_slices(folder: Path, manifest: Manifest, split: str, start: int, stop: int) -> list[SourceSlice]:

@@ -73,11 +73,12 @@ class BuildPlan:
     def job(self) -> RenderJob:
         return RenderJob(self.cfg.engine, self.settings, self.cfg.copies, self.cfg.seed, self.chunk, qc=self.qc)
 
-    def slices(self, select: Callable[[str, int], bool] | None = None) -> Iterator[SourceSlice]:
+    def slices(self, select: Callable[[str, int], bool] | None = None, decode: bool = True) -> Iterator[SourceSlice]:
         """The source slices in order; ``select(split, position)`` keeps only some (a dataset
-        source skips the others without decoding them)."""
+        source skips the others without decoding them). ``decode=False``: a dataset source's
+        images may stay PNG bytes (`SourceSlice.decoded`), for render workers to decode."""
         if self.source is not None:
-            return dataset.iter_source_slices(Path(self.cfg.source), self.source, select)
+            return dataset.iter_source_slices(Path(self.cfg.source), self.source, select, decode)
         return _selected(self._stream.slices(), select)
 
     def todo(self, done: dict[Key, Any]) -> list[ShardSpec]:

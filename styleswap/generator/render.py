@@ -89,6 +89,7 @@ class Renderer:
     def render(self, slices: list[SourceSlice]) -> list[shards.Row]:
         """All copies of a chunk of slices, rendered in engine-sized batches, encoded if asked."""
         job = self.job
+        slices = [s.decoded() for s in slices]
         requests = []
         for s in slices:
             image = contract.to_unit_float(s.image)  # once per slice, shared by its K requests
@@ -113,7 +114,7 @@ class Renderer:
                 qc_dice=scores[j * k : (j + 1) * k] if scores is not None else None,
             )
             if job.encode:
-                row.encode()
+                row.encode(keep_copies=False)  # only the bytes travel back to the writer
             rows.append(row)
         return rows
 

@@ -50,13 +50,17 @@ class Row:
     #: the source's PNG bytes of ``image`` and ``mask`` (`SourceSlice.png`), written as they are
     source_png: dict[str, bytes] | None = field(default=None, repr=False)
 
-    def encode(self) -> None:
+    def encode(self, keep_copies: bool = True) -> None:
+        """Fill ``encoded``; ``keep_copies=False`` then drops the copies' arrays (a render worker
+        sends the writer bytes, not two forms of the same pixels)."""
         png = self.source_png or {}
         self.encoded = {
             "image": png.get("image") or contract.encode_png(self.image),
             "mask": png.get("mask") or contract.encode_png(self.mask),
             "augmented": [contract.encode_png(a) for a in self.augmented],
         }
+        if not keep_copies:
+            self.augmented = []
 
 
 class _ParquetShard:

@@ -40,16 +40,21 @@ group separately, so a copy is bitwise identical in any batch, and on CPU it mea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from styleswap.errors import StyleSwapError
 from styleswap.generator.engines.base import Copy, CopyRequest, Engine
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where copies are computed, not with the module: a build's planner looks the
+# engine up by name, and with --workers N only the render processes need torch (its import is a
+# second of a cheap build's start-up).
 
 NEGATIVE_SLOPE = 0.2
 _EPS = 1e-12
@@ -64,6 +69,9 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 def _draw_net(seed: int, layers: int, channels: int, kernel_sizes: tuple[int, ...], kmax: int):
     """The random net and alpha of one copy, drawn in a fixed order from ``seed`` alone."""
+    import torch
+    import torch.nn.functional as F
+
     gen = torch.Generator().manual_seed(int(seed))
     weights: list[torch.Tensor] = []
     biases: list[torch.Tensor] = []
@@ -97,6 +105,9 @@ def gin_forward(
     (net output rescaled to the input's norm), ``alpha`` (B,) and ``mixed`` (before min-max), for
     tests and inspection.
     """
+    import torch
+    import torch.nn.functional as F
+
     if images.ndim != 3 or len(seeds) != images.shape[0]:
         raise StyleSwapError(f"gin: expected (B, H, W) images and B seeds, got {tuple(images.shape)} and {len(seeds)}")
     ks = tuple(int(k) for k in kernel_sizes)
@@ -183,6 +194,8 @@ class GINEngine(Engine):
         return f"gin(layers={self.layers}, channels={self.channels})"
 
     def render(self, requests: Sequence[CopyRequest]) -> list[Copy]:
+        import torch
+
         results: list[np.ndarray | None] = [None] * len(requests)
         # Stack only same-shape images; a copy never depends on its batch-mates, so grouping is free.
         by_shape: dict[tuple[int, ...], list[int]] = {}

@@ -21,10 +21,11 @@ class LocalExecutor(Executor):
 def render_shards(plan: BuildPlan, wanted: Callable[[Key], bool], staging: Path, workers: int,
                   progress: bool = True) -> None:
     """Render the rows of the shards ``wanted`` (the source is still read in order, since its
-    order defines the shards) and write them into their staged shards, each with a receipt."""
+    order defines the shards) and write them into their staged shards, each with a receipt.
+    With worker processes, the source's PNGs are decoded there, not by this one reader."""
     cfg = plan.cfg
     router = ShardRouter(cfg.rows_per_shard, wanted)
     sink = ShardSink(staging, cfg.format, cfg.rows_per_shard)
-    for row in render_locally(plan.job(), plan.slices(router.select), workers, cfg.format, progress):
+    for row in render_locally(plan.job(), plan.slices(router.select, decode=workers == 1), workers, cfg.format, progress):
         sink.add(router.keys.popleft(), row)
     sink.close()

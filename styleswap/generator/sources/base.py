@@ -32,11 +32,21 @@ class SourceSlice:
     case_id: str
     slice_index: int
     modality: str
-    image: np.ndarray  # uint8 (H, W) (or uint16), displayed the fixed way (see slicing.py)
-    mask: np.ndarray  # uint8 (H, W), label ids
+    image: np.ndarray | None  # uint8 (H, W) (or uint16), displayed the fixed way (see slicing.py)
+    mask: np.ndarray | None  # uint8 (H, W), label ids (both None until `decoded` when read undecoded)
     spacing: tuple[float, float, float]  # row spacing, column spacing, slice thickness (mm)
     split: str = "train"
     extra: dict = field(default_factory=dict)
     #: the PNG bytes of ``image`` and ``mask`` as an ingested dataset stores them: written again
     #: as they are, instead of decoding and re-encoding the same pixels (None: encode)
     png: dict[str, bytes] | None = None
+
+    def decoded(self) -> SourceSlice:
+        """This slice with ``image`` and ``mask`` as arrays. A dataset source can be read without
+        decoding (`dataset.iter_source_slices(decode=False)`) so that render worker processes,
+        not the one reader, pay for the PNG decoding."""
+        if self.image is None or self.mask is None:
+            from styleswap.contract import decode_png
+
+            self.image, self.mask = decode_png(self.png["image"]), decode_png(self.png["mask"])
+        return self
