@@ -13,7 +13,11 @@
 4. ``train eval`` each on source validation as is, with test-time flips, with largest-component
    post-processing and with both; the best of these on the source is the row's inference,
    measured on the target (the plain target figure is reported too). Print a Markdown table
-   (mean and spread over seeds), write ``results.json``.
+   (mean and spread over seeds), write ``results.json`` (and each run's entry to ``rows/``).
+
+``--collect`` trains nothing: it makes one table of runs that earlier invocations trained in the
+same workdir (one seed each, say), after checking that their steps, batch size, seed and loss are
+this invocation's.
 
 Protocols:
 
@@ -150,6 +154,9 @@ def main() -> int:
     ap.add_argument("--qc-min-dice", type=float, default=0.5, help="with --qc-model: the build's --qc-min-dice and the rows' "
                                                                     "train seg --min-qc-dice")
     ap.add_argument("--prepare-only", action="store_true", help="ingest and build the datasets, train nothing")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: one table of the --rows and --seeds already trained and evaluated in --workdir "
+                         "(e.g. one seed per earlier invocation); refuses a run that is missing or had another budget")
     args = ap.parse_args()
 
     src_name, src_mod, tgt_name, tgt_mod, default_val = DIRECTIONS[args.direction]
@@ -174,21 +181,23 @@ def main() -> int:
     train_cases = cases[: len(cases) - n_val]
     if args.train_cases or short:
         train_cases = train_cases[: args.train_cases or 12]
-    split_cases(src, W / "src" / "train", train_cases)
-    split_cases(src, W / "src" / "val", val_cases)
+    if not args.collect:
+        split_cases(src, W / "src" / "train", train_cases)
+        split_cases(src, W / "src" / "val", val_cases)
 
     # Every dataset is ingested with the build seed 0: the data stay the same whatever seeds train on them.
     common = ["--size", str(size), "--seed", "0", "--overwrite", "--no-preview", *ingest_flags]
     ds = {k: W / k for k in ("src-train", "src-val", "target", "src-gin", "src-bezier")}
-    run(augment + ["ingest", str(W / "src" / "train"), "--out", str(ds["src-train"]), "--modality", src_mod, *common, *train_ingest_flags], log)
-    run(augment + ["ingest", str(W / "src" / "val"), "--out", str(ds["src-val"]), "--modality", src_mod, "--keep-empty", "1", *common], log)
-    run(augment + ["ingest", str(tgt), "--out", str(ds["target"]), "--modality", tgt_mod, "--keep-empty", "1", *common], log)
-    # the content check (issue 15): the model is trained on the source only, so the target stays unseen
-    qc_build = ["--qc-model", str(args.qc_model.resolve()), "--qc-min-dice", str(args.qc_min_dice)] if args.qc_model else []
-    for engine in ("gin", "bezier"):
-        run(augment + ["build", "--source", str(ds["src-train"]), "--engine", engine, "--copies", str(copies),
-                       "--out", str(ds[f"src-{engine}"]), "--seed", "0", "--workers", str(args.workers),
-                       "--overwrite", *qc_build], log)  # fmt: skip
+    if not args.collect:
+        run(augment + ["ingest", str(W / "src" / "train"), "--out", str(ds["src-train"]), "--modality", src_mod, *common, *train_ingest_flags], log)
+        run(augment + ["ingest", str(W / "src" / "val"), "--out", str(ds["src-val"]), "--modality", src_mod, "--keep-empty", "1", *common], log)
+        run(augment + ["ingest", str(tgt), "--out", str(ds["target"]), "--modality", tgt_mod, "--keep-empty", "1", *common], log)
+        # the content check (issue 15): the model is trained on the source only, so the target stays unseen
+        qc_build = ["--qc-model", str(args.qc_model.resolve()), "--qc-min-dice", str(args.qc_min_dice)] if args.qc_model else []
+        for engine in ("gin", "bezier"):
+            run(augment + ["build", "--source", str(ds["src-train"]), "--engine", engine, "--copies", str(copies),
+                           "--out", str(ds[f"src-{engine}"]), "--seed", "0", "--workers", str(args.workers),
+                           "--overwrite", *qc_build], log)  # fmt: skip
 
     if args.prepare_only:
         print(f"datasets ready under {W}")
@@ -210,7 +219,10 @@ def main() -> int:
             row_recipe = [*row_recipe, *qc_train]
         for seed in seeds:
             slug = f"{'+'.join(keys)}-{loss.replace('+', '-')}-s{seed}{args.tag}".replace("src-", "")
-            runs.append(evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, row_recipe, steps, args, every))
+            if args.collect:
+                runs.append(collect_row(name, keys, loss, seed, slug, W, row_recipe, steps, args))
+            else:
+                runs.append(evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, row_recipe, steps, args, every))
     results = summarize_rows(runs)
 
     lines = [
@@ -220,7 +232,7 @@ def main() -> int:
     for r in results:
         lines.append(f"| {r['row']} | {','.join(str(x) for x in r['seeds'])} | {pct(r['mean_dice'])} | {spread(r)} | "
                      + " | ".join(pct(r["per_organ"][o]) for o in ORGANS)
-                     + f" | {r['inference']} | {pct(r['mean_dice_plain'])} | {r['train_seconds']:.0f} |")  # fmt: skip
+                     + f" | {r['inference']} | {pct(r['mean_dice_plain'])} | {seconds(r['train_seconds'])} |")  # fmt: skip
     table = "\n".join(lines)
     note = (f"\n{args.direction} ({args.protocol} protocol): source {src_name} ({len(train_cases)} train, {len(val_cases)} validation "
             f"cases), target {tgt_name} ({budget['target_cases']} cases, 3D Dice per case, only measured). Budget per row and seed: "
@@ -254,24 +266,66 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
                  "--log-every", str(max(every // 5, 1)), "--no-progress", "--resume", "latest"], log)  # fmt: skip
     train_s = time.perf_counter() - t
     # inference options are chosen on source validation, like the checkpoint; the target only measures
-    val_dice = {}
     for flags in POSTPROCESS:
-        ev = W / "eval-src-val" / (slug + "".join(flags))
-        run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(ev), *flags], log)
-        val_dice[flags] = json.loads((ev / "metrics.json").read_text())["mean_dice"] or 0.0
-    chosen = max(POSTPROCESS, key=lambda f: (val_dice[f], -len(f)))  # ties: the simpler option
-    tgt = {}
+        run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(W / "eval-src-val" / (slug + "".join(flags))),
+                     *flags], log)  # fmt: skip
+    chosen = choose_inference(W, slug)
     for flags in {(), chosen}:
-        ev = W / "eval" / (slug + "".join(flags))
-        run(train + ["eval", "--model", str(out), "--data", str(ds["target"]), "--out", str(ev), *flags], log)
-        tgt[flags] = json.loads((ev / "metrics.json").read_text())
+        run(train + ["eval", "--model", str(out), "--data", str(ds["target"]), "--out", str(W / "eval" / (slug + "".join(flags))),
+                     *flags], log)  # fmt: skip
+    result = row_result(name, keys, loss, seed, slug, W, train_s, recipe)
+    (W / "rows").mkdir(exist_ok=True)
+    (W / "rows" / f"{slug}.json").write_text(json.dumps(result, indent=2))  # what --collect reads back
+    return result
+
+
+def choose_inference(W: Path, slug: str) -> tuple[str, ...]:
+    """The option set with the best mean Dice on source validation (ties: the simpler one)."""
+    val = {f: json.loads((W / "eval-src-val" / (slug + "".join(f)) / "metrics.json").read_text())["mean_dice"] or 0.0
+           for f in POSTPROCESS}
+    return max(POSTPROCESS, key=lambda f: (val[f], -len(f)))
+
+
+def row_result(name, keys, loss, seed, slug, W: Path, train_s: float | None, recipe) -> dict:
+    """One run's entry of results.json, from its evaluation folders."""
+    val = {f: json.loads((W / "eval-src-val" / (slug + "".join(f)) / "metrics.json").read_text())["mean_dice"] or 0.0
+           for f in POSTPROCESS}
+    chosen = choose_inference(W, slug)
+    tgt = {f: json.loads((W / "eval" / (slug + "".join(f)) / "metrics.json").read_text()) for f in {(), chosen}}
     m = tgt[chosen]
-    return {"row": name, "seed": seed, "data": list(keys), "loss": loss, "run": str(out), "train_seconds": round(train_s, 1),
+    return {"row": name, "seed": seed, "data": list(keys), "loss": loss, "run": str(W / "runs" / slug),
+            "train_seconds": None if train_s is None else round(train_s, 1),
             "recipe": " ".join(recipe), "mean_dice": m["mean_dice"], "mean_dice_std": m["mean_dice_std"],
             "per_organ": {o: m["per_organ"].get(o, {}).get("mean") for o in ORGANS},
             "per_case": {c: v.get("mean") for c, v in m["per_case"].items()},
             "inference": " ".join(chosen) or "plain", "mean_dice_plain": tgt[()]["mean_dice"],
-            "source_val_dice": {(" ".join(f) or "plain"): v for f, v in val_dice.items()}}  # fmt: skip
+            "source_val_dice": {(" ".join(f) or "plain"): v for f, v in val.items()}}  # fmt: skip
+
+
+def collect_row(name, keys, loss, seed, slug, W: Path, recipe, steps, args) -> dict:
+    """A run trained and evaluated by an earlier invocation, checked against this budget."""
+    run_dir = W / "runs" / slug
+    if not (run_dir / "train_config.json").is_file() or not (W / "eval" / slug / "metrics.json").is_file():
+        sys.exit(f"--collect: {name}, seed {seed}: no trained and evaluated run {run_dir} (run it first, without --collect)")
+    cfg = json.loads((run_dir / "train_config.json").read_text())
+    want = {"steps": steps, "batch_size": args.batch_size, "seed": seed, "loss": loss}
+    got = {k: cfg.get(k) for k in want}
+    if got != want:
+        sys.exit(f"--collect: {run_dir} was trained with {got}, this table's budget is {want}")
+    recorded = W / "rows" / f"{slug}.json"
+    if recorded.is_file():
+        return json.loads(recorded.read_text())
+    # runs of a benchmark older than rows/*.json: the same choice, made again from the same files;
+    # training time from the median logged rate (robust to an interrupted or shared interval)
+    train_s = None
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        import csv
+        import statistics
+
+        rates = [float(r["slices_per_s"]) for r in csv.DictReader(metrics.open()) if r.get("slices_per_s")]
+        train_s = steps * args.batch_size / statistics.median(rates) if rates else None
+    return row_result(name, keys, loss, seed, slug, W, train_s, recipe)
 
 
 def summarize_rows(runs: list[dict]) -> list[dict]:
@@ -292,13 +346,17 @@ def summarize_rows(runs: list[dict]) -> list[dict]:
                      "mean_dice": mean(dice), "dice_by_seed": dice, "spread": (max(dice) - min(dice)) / 2,
                      "per_organ": {o: mean([r["per_organ"][o] for r in rs]) for o in ORGANS},
                      "inference": " / ".join(r["inference"] for r in rs), "mean_dice_plain": mean([r["mean_dice_plain"] for r in rs]),
-                     "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
+                     "train_seconds": mean([r["train_seconds"] for r in rs]),
                      "source_val_dice": [r["source_val_dice"] for r in rs]})  # fmt: skip
     return rows
 
 
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def seconds(x) -> str:
+    return "n/a" if x is None else f"{x:.0f}"
 
 
 def spread(r: dict) -> str:

@@ -1,0 +1,71 @@
+"""`bench/cross_modality.py --collect`: a table rebuilt from runs that earlier invocations trained,
+with the same choice of inference (source validation only) and a refusal of other budgets."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench():
+    spec = importlib.util.spec_from_file_location("cross_modality", ROOT / "bench" / "cross_modality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def metrics(folder: Path, mean: float, liver: float = 0.5) -> None:
+    folder.mkdir(parents=True)
+    organs = {"liver": {"mean": liver}, "kidney_right": {"mean": mean}, "kidney_left": {"mean": mean}, "spleen": {"mean": mean}}
+    folder.joinpath("metrics.json").write_text(json.dumps(
+        {"mean_dice": mean, "mean_dice_std": 0.1, "per_organ": organs, "per_case": {"case_1": {"mean": mean}}}))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    cm = bench()
+    slug = "gin-dice-s1-v1"
+    run = tmp_path / "runs" / slug
+    run.mkdir(parents=True)
+    run.joinpath("train_config.json").write_text(json.dumps({"steps": 100, "batch_size": 4, "seed": 1, "loss": "dice"}))
+    # logged rates 10, 20 (an interval shared with other work: 1) -> median 10 -> 100 * 4 / 10 s
+    run.joinpath("metrics.csv").write_text("step,slices_per_s,val_mean_dice\n10,1.0,\n20,10.0,\n30,20.0,0.5\n")
+    # on source validation the flip alone and flip + largest component tie: the simpler one wins
+    for flags, v in zip(cm.POSTPROCESS, (0.70, 0.80, 0.75, 0.80)):
+        metrics(tmp_path / "eval-src-val" / (slug + "".join(flags)), v)
+    metrics(tmp_path / "eval" / slug, 0.40)
+    metrics(tmp_path / "eval" / (slug + "--tta"), 0.55, liver=0.2)
+    metrics(tmp_path / "eval" / (slug + "--tta--largest-component"), 0.90)  # better on the target: never looked at
+    return cm, tmp_path, slug
+
+
+def args(**kw):
+    return argparse.Namespace(batch_size=4, **kw)
+
+
+def test_collect_makes_the_source_validation_choice_again(workdir):
+    cm, W, slug = workdir
+    r = cm.collect_row("GIN + Dice", ("src-gin",), "dice", 1, slug, W, ["--lr", "1e-3"], 100, args())
+    assert r["inference"] == "--tta"
+    assert r["mean_dice"] == 0.55 and r["mean_dice_plain"] == 0.40 and r["per_organ"]["liver"] == 0.2
+    assert r["source_val_dice"]["--tta --largest-component"] == 0.80
+    assert r["train_seconds"] == pytest.approx(100 * 4 / 10.0)
+    summary = cm.summarize_rows([r, {**r, "seed": 2, "mean_dice": 0.65}])[0]
+    assert summary["mean_dice"] == pytest.approx(0.60) and summary["spread"] == pytest.approx(0.05)
+
+
+def test_collect_prefers_what_the_run_recorded_and_refuses_another_budget(workdir):
+    cm, W, slug = workdir
+    (W / "rows").mkdir()
+    (W / "rows" / f"{slug}.json").write_text(json.dumps({"row": "GIN + Dice", "mean_dice": 0.5, "train_seconds": 12.0}))
+    assert cm.collect_row("GIN + Dice", ("src-gin",), "dice", 1, slug, W, [], 100, args())["train_seconds"] == 12.0
+    with pytest.raises(SystemExit, match="steps"):
+        cm.collect_row("GIN + Dice", ("src-gin",), "dice", 1, slug, W, [], 200, args())
+    with pytest.raises(SystemExit, match="no trained and evaluated run"):
+        cm.collect_row("GIN + Dice", ("src-gin",), "dice", 0, slug.replace("s1", "s0"), W, [], 100, args())
