@@ -7,7 +7,8 @@ Ratios are against a baseline measured in the same run:
   never the bottleneck).
 - where a build's time goes (``--breakdown``, on by default): each stage of a gin build timed on
   its own in a fresh process, one thread, on the same slices: start-up (imports and engine load),
-  reading the source rows, the engine, PNG encoding, writing the shards, the commit. Their sum is
+  reading the source rows, decoding their PNGs (done by the render workers when there are
+  worker processes), the engine, PNG encoding, writing the shards. Their sum is
   the build's serial work; the build overlaps them on the cores it has.
 Memory at 1x vs 10x the slices, for build and training, is `bench_memory.py`.
 
@@ -93,8 +94,11 @@ eng = get_engine(sys.argv[2]); eng.load()
 out = {"start-up (imports, engine load)": time.perf_counter() - t0}
 folder, copies = Path(sys.argv[1]), int(sys.argv[3])
 t = time.perf_counter()
-slices = list(dataset.iter_source_slices(folder))
+slices = list(dataset.iter_source_slices(folder, decode=False))
 out["read source rows"] = time.perf_counter() - t
+t = time.perf_counter()
+slices = [s.decoded() for s in slices]
+out["decode source PNGs"] = time.perf_counter() - t
 t = time.perf_counter()
 rendered = []
 for s in slices:
