@@ -142,6 +142,9 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=None, help="copies per slice (default 8; --short: 2)")
     ap.add_argument("--val-cases", type=int, default=None, help="source cases held out for validation (default: ct2mr 6, mr2ct 2; --short: 2)")
     ap.add_argument("--train-cases", type=int, default=None, help="source training cases (default all; --short: 12)")
+    ap.add_argument("--keep-empty", type=float, default=None,
+                    help="share of organ-free slices in the training data (default: the protocol's, standard 0, fast ingest's "
+                         "0.1); use its own --workdir, as the datasets are rebuilt")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="default: bench/results/cross_modality/DIRECTION-PROTOCOL")
@@ -166,6 +169,8 @@ def main() -> int:
         return 0
     short = args.short
     proto_size, ingest_flags, train_ingest_flags, proto_train = PROTOCOLS[args.protocol]
+    if args.keep_empty is not None:
+        train_ingest_flags = ["--keep-empty", str(args.keep_empty)]
     steps = args.steps or (1000 if short else 5500)
     size = args.size or (64 if short else proto_size)
     copies = args.copies or (2 if short else 8)
@@ -208,6 +213,7 @@ def main() -> int:
     budget = {"steps": steps, "batch_size": args.batch_size, "size": size, "copies": copies, "recipe": " ".join(recipe),
               "nce_weight": args.nce_weight, "seeds": seeds, "direction": args.direction, "protocol": args.protocol,
               "train_cases": len(train_cases), "val_cases": val_cases, "target_cases": len(list_cases(tgt)),
+              "train_ingest": " ".join(ingest_flags + train_ingest_flags) or "ingest's defaults",
               "qc_model": str(args.qc_model) if args.qc_model else None,
               "qc_min_dice": args.qc_min_dice if args.qc_model else None}  # fmt: skip
     every = max(steps // 10, 10)
