@@ -26,14 +26,14 @@ def commit(plan: BuildPlan, staging: Path, command: str | None) -> Manifest:
     """Move the staged shards to their final names, then preview, card, and manifest.json last."""
     cfg = plan.cfg
     out = Path(cfg.out)
-    writers, stats = staged_writers(staging, cfg.format, cfg.rows_per_shard, plan.shards)
+    writers, stats, sha256 = staged_writers(staging, cfg.format, cfg.rows_per_shard, plan.shards)
     if stats.rows == 0:
         raise StyleSwapError(f"{_source_name(cfg.source)}: the source yielded no slices (check --keep-empty and the labels)")
     # what is there is a dataset being replaced (--overwrite) or what a killed finish left
     # (`staging.OutputFolder` refused anything else)
     clear_previous(out)
     ordered = sorted(writers, key=lambda w: _split_order(w.split))
-    entries = shards.finalize_shards(out, ordered)
+    entries = shards.finalize_shards(out, ordered, sha256)
     info = plan.source_info
     labels = info.get("labels", contract.DEFAULT_LABELS)
     manifest = Manifest(
@@ -68,8 +68,9 @@ def commit(plan: BuildPlan, staging: Path, command: str | None) -> Manifest:
 
 
 def staged_writers(staging: Path, fmt: str, rows_per_shard: int, plan: list[ShardSpec] | None = None
-                   ) -> tuple[list[shards.ShardWriter], RowStats]:
-    """The finished staged shards as writers for `shards.finalize_shards`, and their rows' stats.
+                   ) -> tuple[list[shards.ShardWriter], RowStats, dict[Path, str]]:
+    """The finished staged shards as writers for `shards.finalize_shards`, their rows' stats, and
+    their receipts' sha256 by path.
 
     Checks they are every shard of ``plan``, or without one, shards ``0..n-1`` of each split.
     """
@@ -77,7 +78,7 @@ def staged_writers(staging: Path, fmt: str, rows_per_shard: int, plan: list[Shar
     if plan is None:
         plan = [ShardSpec(split, index, r["num_rows"]) for (split, index), r in sorted(done.items())]
     writers: dict[str, shards.ShardWriter] = {}
-    stats = RowStats()
+    stats, sha256 = RowStats(), {}
     for spec in plan:
         w = writers.setdefault(spec.split, shards.ShardWriter(staging, spec.split, fmt, rows_per_shard))
         r = done.get(spec.key)
@@ -85,8 +86,9 @@ def staged_writers(staging: Path, fmt: str, rows_per_shard: int, plan: list[Shar
             raise StyleSwapError(f"{staging}: shard {spec.index} of {spec.split} is missing or incomplete ({spec.rows} "
                                  "rows expected); delete that folder to build from scratch")
         w.done.append((staging / r["name"], spec.rows))
+        sha256[staging / r["name"]] = r["sha256"]
         stats.merge_json(r["stats"])
-    return list(writers.values()), stats
+    return list(writers.values()), stats, sha256
 
 
 def _counts(stats: RowStats, labels: dict[str, int]) -> Counts:

@@ -13,7 +13,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -240,8 +240,12 @@ class ShardWriter:
         return self.done
 
 
-def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[contract.ShardEntry]:
+def finalize_shards(out: Path, writers: Sequence[ShardWriter], sha256: Mapping[Path, str] | None = None
+                    ) -> list[contract.ShardEntry]:
     """Link complete staged shards to ``out/data/<split>-i-of-N.<ext>``; return manifest entries.
+
+    ``sha256``: the hashes already known (a build's receipts), by staged path: the link is the same
+    file, so it is not read again at the end of the build, where nothing else overlaps with it.
 
     Hard links, not moves: until manifest.json is written the staging folder keeps every finished
     shard, so a build killed here resumes without rendering any again. (On a filesystem without
@@ -264,6 +268,7 @@ def finalize_shards(out: Path, writers: Sequence[ShardWriter]) -> list[contract.
                 os.replace(path, target)
             kill_point("finalize")
             entries.append(contract.ShardEntry(path=f"{contract.DATA_DIR}/{name}", split=w.split, num_rows=rows,
-                                               bytes=target.stat().st_size, sha256=contract.sha256_file(target)))
+                                               bytes=target.stat().st_size,
+                                               sha256=(sha256 or {}).get(path) or contract.sha256_file(target)))
     fsync_path(data)
     return entries

@@ -111,9 +111,9 @@ class RowStats:
         self.rows += 1
         self.cases.add(row.case_id)
         self.shape = self.shape or tuple(row.image.shape)
-        for v in np.unique(row.mask):
-            if v:
-                self.label_slices[int(v)] = self.label_slices.get(int(v), 0) + 1
+        # bincount, not unique: the labels are small ints, and this runs once per row in the writer
+        for v in np.flatnonzero(np.bincount(row.mask.ravel())[1:]) + 1:
+            self.label_slices[int(v)] = self.label_slices.get(int(v), 0) + 1
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "cases": sorted(self.cases), "label_slices": self.label_slices,
