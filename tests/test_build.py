@@ -48,6 +48,17 @@ def test_manifest_records_shards_rows_and_hashes(gin_dataset):
     assert sum(e["num_rows"] for e in m["shards"]) == m["counts"]["slices"] == m["splits"]["train"]["num_rows"]
     assert m["image_size"] == [48, 48]
     assert not (gin_dataset / ".partial").exists()
+    # the hashes (taken from the staged shards' receipts) and sizes are those of the final files
+    for e in m["shards"]:
+        path = gin_dataset / e["path"]
+        assert e["sha256"] == contract.sha256_file(path) and e["bytes"] == path.stat().st_size
+    # slices per label, counted by hand from the masks
+    by_hand: dict[str, int] = {}
+    names = {v: k for k, v in m["labels"].items()}
+    for row in dataset.iter_rows(gin_dataset, columns=["mask"]):
+        for v in set(np.asarray(row["mask"]).ravel().tolist()) - {0}:
+            by_hand[names[v]] = by_hand.get(names[v], 0) + 1
+    assert by_hand and m["counts"]["slices_with_label"] == by_hand
 
 
 def test_parquet_loads_with_pyarrow_and_datasets(gin_dataset):
@@ -303,3 +314,31 @@ def test_volume_stats_are_recorded_and_carried_through_builds(tmp_path, gin_data
     assert src["recipe"]["intensity"] == "standard" and src["volume_stats"]
     built = build(tmp_path / "built", "--engine", "bezier", "--copies", "1", source=str(ingested))
     assert built["volume_stats"] == src["volume_stats"]
+
+
+def test_workers_default_to_the_cores_only_for_cheap_engines_with_enough_copies(monkeypatch):
+    from styleswap.generator import plan
+    from styleswap.generator.engines.base import engine_class
+
+    monkeypatch.setattr(plan.os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    shards = [plan.ShardSpec("train", 0, 256), plan.ShardSpec("train", 1, 100)]  # 356 rows
+    gin, bezier, none = engine_class("gin"), engine_class("bezier"), engine_class("none")
+    assert plan.default_workers(gin, shards, 4) == plan.MAX_DEFAULT_WORKERS == 8  # 1424 copies, 12 cores
+    assert plan.default_workers(bezier, shards, 3) == 8  # 1068 copies
+    assert plan.default_workers(gin, shards, 2) == 1  # 712 copies: start-up would cost more than it saves
+    assert plan.default_workers(none, shards, 0) == 1  # ingest: nothing to render
+    assert plan.default_workers(gin, None, 8) == 1  # a raw source, preprocessed by this process as it streams
+    monkeypatch.setattr(plan.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert plan.default_workers(gin, shards, 4) == 2
+    assert plan.default_workers(engine_class("controlnet"), shards, 8) == 1  # a diffusion model per process
+
+
+def test_the_manifest_records_the_workers_chosen_and_an_explicit_count_wins(tmp_path):
+    ingested = tmp_path / "ing"
+    code, _, err = augment(["ingest", "phantom:2", "--out", str(ingested), *COMMON])
+    assert code == 0, err
+    chosen = build(tmp_path / "auto", "--engine", "bezier", "--copies", "1", source=str(ingested))
+    assert chosen["recipe"]["workers"] == 1  # a few dozen copies: one process
+    given = build(tmp_path / "two", "--engine", "bezier", "--copies", "1", "--workers", "2", source=str(ingested))
+    assert given["recipe"]["workers"] == 2
+    assert shard_bytes(tmp_path / "auto") == shard_bytes(tmp_path / "two")

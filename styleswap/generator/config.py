@@ -37,7 +37,7 @@ class BuildConfig:
     seed: int = 0
     format: str = "parquet"
     rows_per_shard: int = 256
-    workers: int = 1
+    workers: int | None = None  # None: `plan.default_workers` decides (the manifest records its choice)
     # preprocessing (used when the source is raw volumes or PNGs, not an ingested dataset)
     labels: str | dict[str, int] | None = None
     size: int = 192
@@ -89,7 +89,7 @@ class BuildConfig:
         if self.engine != "none" and not self.copies:
             refuse("copies", f"is 0, so engine {self.engine!r} would render nothing; for originals only use "
                              "engine none (augment ingest)")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             refuse("workers", f"must be >= 1, got {self.workers}")
         if self.format not in contract.FORMATS:
             refuse("format", f"must be one of {', '.join(contract.FORMATS)}, got {self.format!r}")

@@ -52,6 +52,9 @@ class Engine(ABC):
     #: `prepare` trains models on the source, so it needs the source as a dataset folder (the build
     #: ingests a raw source first) and the models are files every render worker loads.
     needs_dataset: ClassVar[bool] = False
+    #: its copies are cheap CPU work, so a build with enough of them renders in one process per core
+    #: by default (`plan.default_workers`); engines with big models or a GPU keep to one
+    renders_on_cpu: ClassVar[bool] = False
 
     @classmethod
     def gpus_per_worker(cls, settings: dict[str, Any]) -> float:

@@ -66,6 +66,7 @@ class BezierEngine(Engine):
     """Random monotone or inverted Bezier intensity curves (Su et al., AAAI 2023; see module doc)."""
 
     name = "bezier"
+    renders_on_cpu = True
 
     def __init__(self, *, p_invert: float = 0.5, points: int = 1000, batch_size: int = 16, **unknown: Any) -> None:
         super().__init__(**unknown)

@@ -155,6 +155,7 @@ class GINEngine(Engine):
 
     name = "gin"
     uses_torch = True
+    renders_on_cpu = True
 
     def __init__(
         self,
