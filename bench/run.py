@@ -3,8 +3,11 @@
 Every figure is the median of several runs of a fresh subprocess (so peak RSS is that run's own).
 Ratios are against a baseline measured in the same run:
 - build vs engine only: the same engine rendering the same slices in memory, no reading, encoding
-  or writing; ``engine share`` = engine-only time / build time (the aim: >= 0.8, the writer is
-  never the bottleneck).
+  or writing, on all the cores the way render workers use them (one single-threaded process per
+  core, each with its share of the slices; the slowest one's time); ``engine share`` =
+  engine-only time / build time (the aim: >= 0.8, the writer is never the bottleneck). One
+  process on two torch threads is not the baseline: on the 2-core machine its time ranged from
+  9.1 to 21.5 s for the same gin copies (one thread: 11.4 to 12.5 s).
 - where a build's time goes (``--breakdown``, on by default): each stage of a gin build timed on
   its own in a fresh process, one thread, on the same slices: start-up (imports and engine load),
   reading the source rows, decoding their PNGs (done by the render workers when there are
@@ -64,12 +67,14 @@ def subset_nnunet(src: Path, cases: int, dst: Path) -> Path:
 ENGINE_ONLY = r"""
 import sys, time, json
 import numpy as np
+import torch
+torch.set_num_threads(1)
 from styleswap import contract
 from styleswap.generator import dataset
 from styleswap.generator.engines import get_engine, CopyRequest
 from styleswap.contract import derive_seed
-folder, name, copies = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = list(dataset.iter_rows(folder, columns=["sample_id", "image", "mask"]))
+folder, name, copies, part, parts = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+rows = list(dataset.iter_rows(folder, columns=["sample_id", "image", "mask"]))[part::parts]
 eng = get_engine(name); eng.load()
 reqs = [CopyRequest(r["sample_id"], c, derive_seed(0, r["sample_id"], c), contract.to_unit_float(r["image"]), r["mask"])
         for r in rows for c in range(copies)]
@@ -130,9 +135,19 @@ def stages(folder: Path, engine: str, copies: int) -> dict[str, float]:
 
 
 def engine_only(folder: Path, engine: str, copies: int) -> float:
-    out = subprocess.run([sys.executable, "-c", ENGINE_ONLY, str(folder), engine, str(copies)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    """The engine alone on every core: one single-threaded process per core, started together,
+    each rendering its share of the slices after loading; the slowest one's seconds."""
+    parts = os.cpu_count() or 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", ENGINE_ONLY, str(folder), engine, str(copies), str(i), str(parts)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(parts)]
+    seconds = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"engine-only run failed:\n{err}")
+        seconds.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+    return max(seconds)
 
 
 def main() -> None:
