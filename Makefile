@@ -42,9 +42,10 @@ bench: setup
 	$(BIN)/python bench/bench_engines.py
 
 # The README's headline: CT -> MRI, standard protocol, ERM and the best row on ../shared/data
-# (long: about an hour per row on 2 cores). Other rows, directions, seeds: bench/cross_modality.py --help.
+# with two seeds (long: 35 to 90 minutes per row and seed on 2 cores). Other rows, directions:
+# bench/cross_modality.py --help.
 bench-cross: setup
-	$(BIN)/python bench/cross_modality.py --protocol standard --rows 0,4
+	$(BIN)/python bench/cross_modality.py --protocol standard --rows 0,4 --seeds 0,1
 
 clean:
 	rm -rf out runs bench/results .pytest_cache
