@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +321,7 @@ def test_workers_default_to_the_cores_only_for_cheap_engines_with_enough_copies(
     from styleswap.generator import plan
     from styleswap.generator.engines.base import engine_class
 
-    monkeypatch.setattr(plan.os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
     shards = [plan.ShardSpec("train", 0, 256), plan.ShardSpec("train", 1, 100)]  # 356 rows
     gin, bezier, none = engine_class("gin"), engine_class("bezier"), engine_class("none")
     assert plan.default_workers(gin, shards, 4) == plan.MAX_DEFAULT_WORKERS == 8  # 1424 copies, 12 cores
@@ -328,7 +329,7 @@ def test_workers_default_to_the_cores_only_for_cheap_engines_with_enough_copies(
     assert plan.default_workers(gin, shards, 2) == 1  # 712 copies: start-up would cost more than it saves
     assert plan.default_workers(none, shards, 0) == 1  # ingest: nothing to render
     assert plan.default_workers(gin, None, 8) == 1  # a raw source, preprocessed by this process as it streams
-    monkeypatch.setattr(plan.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert plan.default_workers(gin, shards, 4) == 2
     assert plan.default_workers(engine_class("controlnet"), shards, 8) == 1  # a diffusion model per process
 

@@ -21,7 +21,6 @@ hand out row positions) is the step before planning: `build.run_build` does it e
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from styleswap.generator import dataset
 from styleswap.generator.config import BuildConfig
 from styleswap.generator.engines.base import Engine, engine_class
 from styleswap.generator.qc import CheckSettings, open_check
-from styleswap.generator.render import RenderJob
+from styleswap.generator.render import RenderJob, usable_cores
 from styleswap.generator.sources.base import SourceSlice
 
 Key = tuple[str, int]  # (split, shard index)
@@ -124,7 +123,7 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
 
 #: Fewer copies than this are made faster by one process: a worker's start-up (about a second of
 #: torch import) costs more than it saves. Measured with bench/run.py on 2 idle cores, gin x4:
-#: 50 slices 3.0 s with one worker, 3.3 s with two; 473 slices 5.7 s vs 4.6 s; 1960 slices 13.9 vs 10.3 s.
+#: 50 slices 3.0 s with one worker, 3.3 s with two; 473 slices 5.7 s vs 4.6 s; 1960 slices 16.8 vs 11.6 s.
 MIN_COPIES_FOR_WORKERS = 1000
 #: More render processes than this mostly wait on the one writer (and each imports torch).
 MAX_DEFAULT_WORKERS = 8
@@ -137,8 +136,7 @@ def default_workers(engine: type[Engine], shards: list[ShardSpec] | None, copies
     source, which this process preprocesses as it streams)."""
     if not engine.renders_on_cpu or shards is None or sum(s.rows for s in shards) * copies < MIN_COPIES_FOR_WORKERS:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_DEFAULT_WORKERS, cores))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores()))
 
 
 def plan_shards(manifest: Manifest, rows_per_shard: int) -> list[ShardSpec]:

@@ -167,6 +167,11 @@ def _watch_parent(parent: int) -> None:
 # --- the local pipeline -------------------------------------------------------------------------
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def chunked(items: Iterable[SourceSlice], n: int) -> Iterator[list[SourceSlice]]:
     chunk: list[SourceSlice] = []
     for item in items:
@@ -201,7 +206,7 @@ def render_locally(job: RenderJob, slices: Iterable[SourceSlice], workers: int, 
     # Parquet rows are PNG-encoded where they are rendered when that is a process of its own;
     # with one worker a separate encode thread does it (PIL releases the GIL while compressing).
     encode_here = fmt == "parquet" and workers > 1
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if workers == 1:
         # One render thread: torch and numpy release the GIL, so reading and writing in the main
         # thread (and PNG encoding in its own thread) overlap with rendering. Torch gets all cores

@@ -37,7 +37,7 @@ from styleswap.errors import StyleSwapError
 from styleswap.generator import dataset, shards
 from styleswap.generator.executors.base import Executor
 from styleswap.generator.plan import BuildPlan, Key, ShardSpec
-from styleswap.generator.render import RenderJob, Renderer
+from styleswap.generator.render import RenderJob, Renderer, usable_cores
 from styleswap.generator.staging import ShardSink
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'styleswap[ray]'"
@@ -204,7 +204,7 @@ class RayExecutor(Executor):
                 gpus = plan.engine_cls.gpus_per_worker(plan.settings) if has_gpu else 0.0
             # torch threads: a local instance shares this machine's cores between the actors; on a
             # cluster each actor holds one CPU (Ray sets OMP_NUM_THREADS to match).
-            threads = max(1, (os.cpu_count() or 1) // cfg.workers) if started and not self.address else 1
+            threads = max(1, usable_cores() // cfg.workers) if started and not self.address else 1
             job = replace(plan.job(), encode=cfg.format == "parquet", threads=threads)
             work = ray.data.from_items([{"split": s, "start": a, "stop": b} for s, a, b in tasks],
                                        override_num_blocks=len(tasks))
