@@ -272,9 +272,7 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
                  "--log-every", str(max(every // 5, 1)), "--no-progress", "--resume", "latest"], log)  # fmt: skip
     train_s = time.perf_counter() - t
     # inference options are chosen on source validation, like the checkpoint; the target only measures
-    for flags in POSTPROCESS:
-        run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(W / "eval-src-val" / (slug + "".join(flags))),
-                     *flags], log)  # fmt: skip
+    run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(W / "choose-src-val" / slug), "--choose"], log)
     chosen = choose_inference(W, slug)
     for flags in {(), chosen}:
         run(train + ["eval", "--model", str(out), "--data", str(ds["target"]), "--out", str(W / "eval" / (slug + "".join(flags))),
@@ -285,17 +283,25 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
     return result
 
 
+def source_val_dice(W: Path, slug: str) -> dict[tuple[str, ...], float]:
+    """Mean Dice on source validation per inference option (its flags), as `train eval --choose` wrote it."""
+    choice = W / "choose-src-val" / slug / "choice.json"
+    if choice.is_file():
+        return {tuple(o["flags"]): o["mean_dice"] or 0.0 for o in json.loads(choice.read_text())["options"].values()}
+    # runs of an earlier benchmark: one evaluation folder per option
+    return {f: json.loads((W / "eval-src-val" / (slug + "".join(f)) / "metrics.json").read_text())["mean_dice"] or 0.0
+            for f in POSTPROCESS}
+
+
 def choose_inference(W: Path, slug: str) -> tuple[str, ...]:
-    """The option set with the best mean Dice on source validation (ties: the simpler one)."""
-    val = {f: json.loads((W / "eval-src-val" / (slug + "".join(f)) / "metrics.json").read_text())["mean_dice"] or 0.0
-           for f in POSTPROCESS}
+    """The option set with the best mean Dice on source validation (ties: the simpler one, as --choose)."""
+    val = source_val_dice(W, slug)
     return max(POSTPROCESS, key=lambda f: (val[f], -len(f)))
 
 
 def row_result(name, keys, loss, seed, slug, W: Path, train_s: float | None, recipe) -> dict:
     """One run's entry of results.json, from its evaluation folders."""
-    val = {f: json.loads((W / "eval-src-val" / (slug + "".join(f)) / "metrics.json").read_text())["mean_dice"] or 0.0
-           for f in POSTPROCESS}
+    val = source_val_dice(W, slug)
     chosen = choose_inference(W, slug)
     tgt = {f: json.loads((W / "eval" / (slug + "".join(f)) / "metrics.json").read_text()) for f in {(), chosen}}
     m = tgt[chosen]

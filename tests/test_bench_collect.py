@@ -27,8 +27,8 @@ def metrics(folder: Path, mean: float, liver: float = 0.5) -> None:
         {"mean_dice": mean, "mean_dice_std": 0.1, "per_organ": organs, "per_case": {"case_1": {"mean": mean}}}))
 
 
-@pytest.fixture
-def workdir(tmp_path):
+@pytest.fixture(params=["choice", "folders"])
+def workdir(tmp_path, request):
     cm = bench()
     slug = "gin-dice-s1-v1"
     run = tmp_path / "runs" / slug
@@ -36,9 +36,17 @@ def workdir(tmp_path):
     run.joinpath("train_config.json").write_text(json.dumps({"steps": 100, "batch_size": 4, "seed": 1, "loss": "dice"}))
     # logged rates 10, 20 (an interval shared with other work: 1) -> median 10 -> 100 * 4 / 10 s
     run.joinpath("metrics.csv").write_text("step,slices_per_s,val_mean_dice\n10,1.0,\n20,10.0,\n30,20.0,0.5\n")
-    # on source validation the flip alone and flip + largest component tie: the simpler one wins
-    for flags, v in zip(cm.POSTPROCESS, (0.70, 0.80, 0.75, 0.80)):
-        metrics(tmp_path / "eval-src-val" / (slug + "".join(flags)), v)
+    # on source validation the flip alone and flip + largest component tie: the simpler one wins;
+    # `train eval --choose` writes the four scores to one choice.json, earlier runs a folder each
+    scores = dict(zip(cm.POSTPROCESS, (0.70, 0.80, 0.75, 0.80)))
+    if request.param == "choice":
+        choice = tmp_path / "choose-src-val" / slug / "choice.json"
+        choice.parent.mkdir(parents=True)
+        options = {"+".join(f.lstrip("-") for f in flags) or "plain": {"flags": list(flags), "mean_dice": v} for flags, v in scores.items()}
+        choice.write_text(json.dumps({"chosen": "tta", "flags": ["--tta"], "options": options}))
+    else:
+        for flags, v in scores.items():
+            metrics(tmp_path / "eval-src-val" / (slug + "".join(flags)), v)
     metrics(tmp_path / "eval" / slug, 0.40)
     metrics(tmp_path / "eval" / (slug + "--tta"), 0.55, liver=0.2)
     metrics(tmp_path / "eval" / (slug + "--tta--largest-component"), 0.90)  # better on the target: never looked at

@@ -58,6 +58,33 @@ def test_unknown_choice_is_one_line_exit_2_before_any_write(tmp_path, option, fr
     assert not (tmp_path / "run").exists()
 
 
+def test_choose_scores_every_inference_option_as_eval_does_and_picks_the_best(tmp_path):
+    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16)
+    run = tmp_path / "run"
+    assert _run("seg", "--data", data, "--out", run, "--steps", "4", "--batch-size", "2", *TINY).exit_code == 0
+    r = _run("eval", "--model", run, "--data", data, "--out", tmp_path / "choice", "--choose")
+    assert r.exit_code == 0, r.output
+    choice = json.loads((tmp_path / "choice" / "choice.json").read_text())
+    options = {"plain": [], "tta": ["--tta"], "largest-component": ["--largest-component"],
+               "tta+largest-component": ["--tta", "--largest-component"]}
+    assert {n: o["flags"] for n, o in choice["options"].items()} == options
+    for name, flags in options.items():  # each option's folder is what `train eval` with its flags writes
+        assert _run("eval", "--model", run, "--data", data, "--out", tmp_path / name, *flags).exit_code == 0
+        alone = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert json.loads((tmp_path / "choice" / name / "metrics.json").read_text()) == alone
+        assert choice["options"][name]["mean_dice"] == alone["mean_dice"]
+        assert (tmp_path / "choice" / name / "predictions.png").is_file()
+    scores = {n: o["mean_dice"] or 0.0 for n, o in choice["options"].items()}
+    best = [n for n in options if scores[n] == max(scores.values())]
+    assert choice["chosen"] in best and len(options[choice["chosen"]]) == min(len(options[n]) for n in best)
+    assert choice["flags"] == options[choice["chosen"]] and f"| {choice['chosen']} (chosen) |" in r.output
+    # again into its own folder: allowed; into a folder of other files, or with an option it sets itself: refused
+    assert _run("eval", "--model", run, "--data", data, "--out", tmp_path / "choice", "--choose").exit_code == 0
+    _assert_one_line_error(_run("eval", "--model", run, "--data", data, "--out", tmp_path / "tta", "--choose"), "not empty")
+    _assert_one_line_error(_run("eval", "--model", run, "--data", data, "--out", tmp_path / "c2", "--choose", "--tta"), "--choose")
+    assert not (tmp_path / "c2").exists()
+
+
 def test_eval_rejects_more_labels_than_model_classes(tmp_path):
     data = write_dataset(tmp_path / "d", n_cases=1, slices=2, size=16)
     assert _run("seg", "--data", data, "--out", tmp_path / "run", "--steps", "1", "--batch-size", "2", *TINY).exit_code == 0

@@ -13,7 +13,9 @@ from styleswap.trainer.evaluate import (
     class_counts,
     dice_from_counts,
     dice_per_organ,
+    INFERENCE_OPTIONS,
     evaluate_info,
+    evaluate_options,
     metrics_markdown,
     summarize,
 )
@@ -95,3 +97,36 @@ def test_evaluate_info_groups_slices_by_case(tmp_path):
     bad, _ = evaluate_info(ThresholdModel(fixed=1), info, batch_size=4)
     assert bad["per_organ"]["square"]["mean"] == 0.0
     assert bad["per_organ"]["disk"]["mean"] < 0.4
+
+
+class IslandModel(ThresholdModel):
+    """ThresholdModel plus a 2 x 2 "disk" island in the top-left corner of every slice, apart from the
+    disk (its top is at row >= 3): a stray component that --largest-component removes, and that the
+    test-time flip removes too (mirrored it says background there, a 0.5 / 0.5 tie that argmax gives
+    to background)."""
+
+    def forward(self, x):
+        logits = super().forward(x).clone()
+        logits[:, :, :2, :2] = 0
+        logits[:, 1, :2, :2] = 10
+        return logits
+
+
+def test_one_pass_over_every_option_scores_each_as_alone(tmp_path):
+    info = open_dataset(write_dataset(tmp_path / "d", n_cases=3, slices=5, copies=0))
+    together = evaluate_options(IslandModel(), info, list(INFERENCE_OPTIONS.values()), batch_size=4, hd95=True)
+    for tta, lcc in INFERENCE_OPTIONS.values():
+        alone, alone_overlays = evaluate_info(IslandModel(), info, batch_size=4, hd95=True, tta=tta, largest_component=lcc)
+        metrics, overlays = together[(tta, lcc)]
+        assert metrics == alone
+        assert overlays.keys() == alone_overlays.keys()
+        for case in overlays:
+            for got, want in zip(overlays[case], alone_overlays[case], strict=True):
+                assert got[0] == want[0] and all(np.array_equal(a, b) for a, b in zip(got[1:], want[1:]))
+    # by hand: the island costs the disk some Dice; the flip or the largest component take it away,
+    # leaving the figures of the model without it
+    clean, _ = evaluate_info(ThresholdModel(), info, batch_size=4)
+    disk = {name: together[o][0]["per_organ"]["disk"]["mean"] for name, o in INFERENCE_OPTIONS.items()}
+    assert disk["plain"] < clean["per_organ"]["disk"]["mean"] - 0.01
+    for name in ("tta", "largest-component", "tta+largest-component"):
+        assert disk[name] == pytest.approx(clean["per_organ"]["disk"]["mean"], abs=1e-12)

@@ -39,7 +39,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
-POSTPROCESS = [(), ("--tta",), ("--largest-component",), ("--tta", "--largest-component")]
 #: direction -> (source folder, source modality, target folder, target modality, validation cases)
 DIRECTIONS = {
     "ct2mr": ("abdomen-ct", "CT", "abdomen-mr-dev", "MRI", 6),
@@ -198,13 +197,11 @@ def run(args) -> int:
             r["error"] = "no model (failed or stopped before its first validation)"
             return r
         r["steps_done"] = _last_step(run_dir)
-        val = {}
-        for flags in POSTPROCESS:
-            ev = work / "eval" / (r["slug"] + "-val" + "".join(flags))
-            sh(cli("train") + ["eval", "--model", str(run_dir), "--data", str(data(r["direction"], "src-val")), "--out", str(ev), *flags], log, env)
-            val[" ".join(flags) or "plain"] = json.loads((ev / "metrics.json").read_text())["mean_dice"] or 0.0
-        chosen = max(val, key=lambda k: (val[k], -len(k)))
-        r["source_val_dice"], r["inference"] = val, chosen
+        ev = work / "eval" / (r["slug"] + "-val")  # every inference option in one pass, the best chosen
+        sh(cli("train") + ["eval", "--model", str(run_dir), "--data", str(data(r["direction"], "src-val")), "--out", str(ev), "--choose"], log, env)
+        choice = json.loads((ev / "choice.json").read_text())
+        val = {" ".join(o["flags"]) or "plain": o["mean_dice"] or 0.0 for o in choice["options"].values()}
+        r["source_val_dice"], r["inference"] = val, " ".join(choice["flags"]) or "plain"
         if r["direction"] == "ct2mr":
             flags = [] if chosen == "plain" else chosen.split()
             for fl in {(), tuple(flags)}:

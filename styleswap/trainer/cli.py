@@ -2,6 +2,7 @@
 
     train seg  --data DIR [--data DIR2] [--val DIR] --out runs/NAME [options]
     train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta] [--largest-component]
+    train eval --model runs/NAME --data VAL --out DIR --choose    (picks --tta / --largest-component on VAL)
     train eval --model runs/NAME --images DIR --labels DIR --out DIR      (raw volumes, native grid)
     train predict --model runs/NAME INPUT... --out DIR [--tta] [--largest-component] [--save-probabilities]
     train push runs/NAME --repo-id NAMESPACE/NAME [--dry-run]
@@ -11,6 +12,7 @@ Known errors (`StyleSwapError`) become one line ``error: ...`` on stderr and exi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -92,17 +94,26 @@ def eval_(
     hd95: Annotated[bool, typer.Option("--hd95", help="Also compute HD95 (mm).")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction.")] = False,
     largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component per case.")] = False,
+    choose: Annotated[bool, typer.Option("--choose", help="With --data (the source's validation set): score plain, --tta, --largest-component "
+                                         "and both in one pass, each in OUT/OPTION/, and write the best to OUT/choice.json.")] = False,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
 ) -> None:
     """Per-organ 3D Dice (and HD95) per case: metrics.json, metrics.md, predictions.png.
 
     --data scores a dataset folder's slices; --images/--labels scores raw volumes in their own grid.
+    --choose picks the inference options on validation data, to pass to eval and predict on the target.
     """
     from styleswap.trainer.evaluate import evaluate_model, metrics_markdown
 
     if (images is None) != (labels is None) or (images is None) == (data is None):
         raise StyleSwapError("give either --data DIR (a dataset folder) or --images DIR --labels DIR (raw volumes)")
+    if choose:
+        if images is not None or tta or largest_component or hd95:
+            raise StyleSwapError("--choose scores every inference option of a --data folder itself: "
+                                 "drop --images, --tta, --largest-component and --hd95")
+        _choose(model, data, out, batch_size=batch_size, device=device, split=split)
+        return
     if images is not None:
         from styleswap.trainer.raw_eval import evaluate_raw
 
@@ -110,13 +121,33 @@ def eval_(
                                modality=modality, batch_size=batch_size, device=device)
         typer.echo(metrics_markdown(metrics))
         return
+    with _our_warnings_on_stderr():
+        metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
+    typer.echo(metrics_markdown(metrics))
+
+
+@contextlib.contextmanager
+def _our_warnings_on_stderr():
+    """Echo the warnings that styleswap raised (a model made for other data), not the libraries' deprecations."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
+        yield
     for w in caught:
-        if w.category is UserWarning and "styleswap" in str(w.filename):  # ours; not the libraries' deprecations
+        if w.category is UserWarning and "styleswap" in str(w.filename):
             typer.echo(f"warning: {w.message}", err=True)
-    typer.echo(metrics_markdown(metrics))
+
+
+def _choose(model: Path, data: Path, out: Path, **kw) -> None:
+    from styleswap.trainer.evaluate import choose_inference
+
+    with _our_warnings_on_stderr():
+        choice = choose_inference(model, data, out, **kw)
+    typer.echo("| inference | flags | mean Dice % |\n|---|---|---:|")
+    for name, option in choice["options"].items():
+        mark = " (chosen)" if name == choice["chosen"] else ""
+        dice = option["mean_dice"]
+        typer.echo(f"| {name}{mark} | {' '.join(option['flags']) or '-'} | {'-' if dice is None else f'{100 * dice:.1f}'} |")
+    typer.echo(f"chosen: {' '.join(choice['flags']) or 'no option'} ({out / 'choice.json'})")
 
 
 @app.command("predict")

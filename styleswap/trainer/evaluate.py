@@ -96,18 +96,37 @@ def predict_probs(model: SegNet, images: torch.Tensor, tta: bool = False, swap: 
     networks never see upside-down anatomy in training.
     """
     probs = torch.softmax(model(images).float(), dim=1)
-    if tta:
-        flipped = torch.softmax(model(images.flip(-1)).float(), dim=1).flip(-1)
-        if swap is not None:
-            flipped = flipped[:, swap.to(flipped.device)]
-        probs = (probs + flipped) / 2  # halving is exact: the argmax is that of the sum
-    return probs
+    return with_flip(model, images, probs, swap) if tta else probs
+
+
+@torch.no_grad()
+def with_flip(model: SegNet, images: torch.Tensor, probs: torch.Tensor, swap: torch.Tensor | None) -> torch.Tensor:
+    """The test-time flip of `predict_probs`, given the plain ``probs`` already computed for ``images``."""
+    flipped = torch.softmax(model(images.flip(-1)).float(), dim=1).flip(-1)
+    if swap is not None:
+        flipped = flipped[:, swap.to(flipped.device)]
+    return (probs + flipped) / 2  # halving is exact: the argmax is that of the sum
 
 
 @torch.no_grad()
 def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, H, W) images -> (B, H, W) label ids: the argmax of `predict_probs`."""
     return predict_probs(model, images, tta, swap).argmax(dim=1)
+
+
+#: The inference options a model can be evaluated with, by name: (test-time flip, largest component).
+#: `train eval --choose` scores all four in one pass and picks one on the source's validation.
+INFERENCE_OPTIONS: dict[str, tuple[bool, bool]] = {
+    "plain": (False, False),
+    "tta": (True, False),
+    "largest-component": (False, True),
+    "tta+largest-component": (True, True),
+}
+
+
+def option_flags(name: str) -> list[str]:
+    """An inference option's `train eval` / `train predict` flags: tta+largest-component -> --tta --largest-component."""
+    return [] if name == "plain" else [f"--{part}" for part in name.split("+")]
 
 
 def keep_largest_component(volume: np.ndarray, num_classes: int) -> np.ndarray:
@@ -148,6 +167,28 @@ def evaluate_info(
     before scoring (slices are stacked by ``slice_index``). Returns (metrics, overlays) where overlays maps case -> up to ``overlay_slices`` tuples
     ``(slice_index, image (H, W) float, gt (H, W), pred (H, W))`` with the most ground-truth foreground.
     """
+    option = (tta, largest_component)
+    return evaluate_options(model, info, [option], batch_size=batch_size, device=device, hd95=hd95,
+                            overlay_slices=overlay_slices, workers=workers)[option]
+
+
+def evaluate_options(
+    model: SegNet,
+    info: DatasetInfo,
+    options: list[tuple[bool, bool]],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    hd95: bool = False,
+    overlay_slices: int = 3,
+    workers: int = 0,
+) -> dict[tuple[bool, bool], tuple[dict[str, Any], dict[str, list]]]:
+    """`evaluate_info` for several ``(tta, largest_component)`` options in one pass over the data.
+
+    Each batch goes through the network once, and once more mirrored if an option flips (the flip
+    reuses the plain softmax); the largest-component options post-process the stacked volumes of
+    their option without it. Each option's figures are those `evaluate_info` gives it alone.
+    """
     ncls = int(model.config["num_classes"])
     if info.num_classes > ncls:
         raise StyleSwapError(
@@ -160,51 +201,59 @@ def evaluate_info(
     if input_norm == "zscore" and not info.volume_stats:
         raise StyleSwapError(f"{info.root}: the model reads per-volume z-scores, but manifest.json has no volume_stats; "
                              "ingest the data again with this version")
+    options = list(dict.fromkeys(options))
+    flips = sorted({t for t, _ in options})  # the predictions to make: plain, mirrored or both
+    stacks = {t for t, lcc in options if lcc or hd95}  # whose case volumes are kept
     stream = SliceStream([info], shuffle=False, num_classes=ncls, with_copies=False)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
-    counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((3, ncls - 1), np.int64))
-    volumes: dict[str, list] = defaultdict(list)
+    counts = {t: defaultdict(lambda: np.zeros((3, ncls - 1), np.int64)) for t in flips}
+    volumes: dict[bool, dict[str, list]] = {t: defaultdict(list) for t in stacks}
+    overlays: dict[bool, dict[str, list]] = {t: defaultdict(list) for t in flips}
     spacing: dict[str, list[float]] = {}
-    overlays: dict[str, list] = defaultdict(list)
     was_training = model.training
     n_slices = 0
     model.eval()
     try:
         for batch in loader:
             x = normalize_input(batch["image"].to(device), batch["stats"], input_norm)
-            pred = predict_labels(model, x, tta, swap).cpu().numpy()
+            probs = predict_probs(model, x)
+            preds = {t: (with_flip(model, x, probs, swap) if t else probs).argmax(dim=1).cpu().numpy() for t in flips}
             gt = batch["mask"][:, 0].numpy()
             n_slices += len(gt)
             for i, case in enumerate(batch["case_id"]):
-                if not largest_component:  # else scored per case once the volume is complete
-                    counts[case] += np.stack(class_counts(pred[i], gt[i], ncls))
                 sl = int(batch["slice_index"][i])
-                if hd95 or largest_component:
-                    volumes[case].append((sl, pred[i].astype(np.uint8), gt[i].astype(np.uint8)))
-                    spacing[case] = batch["spacing"][i].tolist()
-                if overlay_slices:
-                    ov = overlays[case]
-                    ov.append((int((gt[i] > 0).sum()), sl, batch["image"][i, 0].numpy(), gt[i], pred[i]))
-                    ov.sort(key=lambda t: (-t[0], t[1]))
-                    del ov[overlay_slices:]
+                spacing[case] = batch["spacing"][i].tolist()
+                for t, pred in preds.items():
+                    counts[t][case] += np.stack(class_counts(pred[i], gt[i], ncls))
+                    if t in stacks:
+                        volumes[t][case].append((sl, pred[i].astype(np.uint8), gt[i].astype(np.uint8)))
+                    if overlay_slices:
+                        ov = overlays[t][case]
+                        ov.append((int((gt[i] > 0).sum()), sl, batch["image"][i, 0].numpy(), gt[i], pred[i]))
+                        ov.sort(key=lambda o: (-o[0], o[1]))
+                        del ov[overlay_slices:]
     finally:
         model.train(was_training)
-    stacked = {c: _stack(v) for c, v in volumes.items()}  # empty unless hd95 or largest_component
-    if largest_component:
-        for case, (ids, pred_v, gt_v) in stacked.items():
-            pred_v = keep_largest_component(pred_v, ncls)
-            stacked[case] = (ids, pred_v, gt_v)
-            counts[case] = np.stack(class_counts(pred_v, gt_v, ncls))
-            if case in overlays:  # show the post-processed prediction
-                post = dict(zip(ids, pred_v))
-                overlays[case][:] = [(n, i, im, g, post[i]) for n, i, im, g, _ in overlays[case]]
-    case_dice = {c: dice_from_counts(*v) for c, v in counts.items()}
-    case_hd = _hd95(stacked, spacing, ncls) if hd95 else None
-    metrics = summarize(case_dice, organ_names, case_hd)
-    metrics["num_slices"] = n_slices
-    metrics["tta"] = tta
-    metrics["largest_component"] = largest_component
-    return metrics, {c: [t[1:] for t in sorted(v, key=lambda t: t[1])] for c, v in overlays.items()}
+    stacked = {t: {c: _stack(v) for c, v in volumes[t].items()} for t in stacks}
+    results = {}
+    for t, lcc in options:
+        case_counts, case_overlays, case_stacks = dict(counts[t]), dict(overlays[t]), stacked.get(t, {})
+        if lcc:
+            case_stacks = {}
+            for case, (ids, pred_v, gt_v) in stacked[t].items():
+                pred_v = keep_largest_component(pred_v, ncls)
+                case_stacks[case] = (ids, pred_v, gt_v)
+                case_counts[case] = np.stack(class_counts(pred_v, gt_v, ncls))
+                if case in case_overlays:  # show the post-processed prediction
+                    post = dict(zip(ids, pred_v))
+                    case_overlays[case] = [(n, i, im, g, post[i]) for n, i, im, g, _ in case_overlays[case]]
+        case_dice = {c: dice_from_counts(*v) for c, v in case_counts.items()}
+        metrics = summarize(case_dice, organ_names, _hd95(case_stacks, spacing, ncls) if hd95 else None)
+        metrics["num_slices"] = n_slices
+        metrics["tta"] = t
+        metrics["largest_component"] = lcc
+        results[(t, lcc)] = metrics, {c: [o[1:] for o in sorted(v, key=lambda o: o[1])] for c, v in case_overlays.items()}
+    return results
 
 
 def _stack(items: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -309,10 +358,56 @@ def evaluate_model(
     of other files is refused before anything runs. A model trained on another slice size or
     modality than the data's is evaluated, with a warning on stderr (cross-modality evaluation is
     the point of the project; a size mismatch usually is not)."""
+    _check_out(out_dir, "metrics.json", "metrics.md")
+    model, info, dev = _open(model_dir, data_dir, device, split)
+    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
+    metrics["model"] = str(resolve_model_dir(model_dir))
+    metrics["data"] = str(Path(data_dir))
+    return write_metrics(metrics, overlays, out_dir)
+
+
+def choose_inference(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str | None = None,
+    split: str | None = None,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Score every `INFERENCE_OPTIONS` entry in one pass (meant for the source's validation set) and choose.
+
+    Writes ``out_dir``/OPTION/ (an evaluation each, as `evaluate_model`) and ``out_dir``/choice.json
+    (last): every option's flags and mean Dice, and the chosen one, the best, ties going to the one
+    with fewer flags, so a post-processing is only chosen when it helps. ``out_dir`` must be new, empty or an earlier choice."""
+    _check_out(out_dir, "choice.json")
+    model, info, dev = _open(model_dir, data_dir, device, split)
+    results = evaluate_options(model, info, list(INFERENCE_OPTIONS.values()), batch_size=batch_size, device=dev, workers=workers)
     out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()) and not ((out / "metrics.json").is_file() and (out / "metrics.md").is_file()):
+    scores = {}
+    for name, option in INFERENCE_OPTIONS.items():
+        metrics, overlays = results[option]
+        metrics["model"], metrics["data"] = str(resolve_model_dir(model_dir)), str(Path(data_dir))
+        scores[name] = write_metrics(metrics, overlays, out / name)["mean_dice"]
+    chosen = max(INFERENCE_OPTIONS, key=lambda n: (scores[n] or 0.0, -len(option_flags(n))))
+    choice = {"chosen": chosen, "flags": option_flags(chosen),
+              "options": {n: {"flags": option_flags(n), "mean_dice": d} for n, d in scores.items()},
+              "model": str(resolve_model_dir(model_dir)), "data": str(Path(data_dir))}
+    (out / "choice.json").write_text(json.dumps(choice, indent=2))
+    return choice
+
+
+def _check_out(out_dir: str | Path, *ours: str) -> None:
+    """Refuse, before anything runs, an output folder that holds other files than an earlier run of ours."""
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not all((out / name).is_file() for name in ours):
         names = ", ".join(sorted(p.name for p in out.iterdir())[:3])
         raise StyleSwapError(f"{out}: not empty and not an evaluation of this tool (holds {names}); choose a new or empty --out")
+
+
+def _open(model_dir: str | Path, data_dir: str | Path, device: str | None, split: str | None) -> tuple[SegNet, DatasetInfo, torch.device]:
+    """The model on its device and the dataset, warning when they were made for other slices or another modality."""
     info = open_dataset(data_dir, split=split)
     folder = resolve_model_dir(model_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -320,13 +415,10 @@ def evaluate_model(
     trained = model.config.get("image_size")
     if trained and tuple(trained) != tuple(info.image_size):
         warnings.warn(f"{folder}: trained on {trained[0]}x{trained[1]} slices, {info.root} holds "
-                      f"{info.image_size[0]}x{info.image_size[1]}; scores may suffer (ingest with --size {trained[0]})", stacklevel=2)
+                      f"{info.image_size[0]}x{info.image_size[1]}; scores may suffer (ingest with --size {trained[0]})", stacklevel=3)
     if model.config.get("modality") and info.modality and model.config["modality"] != info.modality:
-        warnings.warn(f"{folder}: trained on {model.config['modality']}, evaluated on {info.modality} ({info.root})", stacklevel=2)
-    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
-    metrics["model"] = str(folder)
-    metrics["data"] = str(Path(data_dir))
-    return write_metrics(metrics, overlays, out)
+        warnings.warn(f"{folder}: trained on {model.config['modality']}, evaluated on {info.modality} ({info.root})", stacklevel=3)
+    return model, info, dev
 
 
 def write_metrics(metrics: dict[str, Any], overlays: dict[str, list], out_dir: str | Path) -> dict[str, Any]:
