@@ -82,7 +82,8 @@ RECIPE = ["--lr", "1e-3", "--lr-schedule", "cosine", "--scale", "0.25", "--rotat
 #: ``--intensity-aug`` of every row: photometric jitter on originals and copies, and on copies a
 #: random intensity map per organ (organ/bias act on copies only, so the ERM row gets the jitter).
 INTENSITY_AUG = "standard,organ"
-#: ``train eval`` options tried on CT validation for each row; the best there is used on MRI.
+#: The inference options that runs of earlier versions scored on source validation, a folder each
+#: (``train eval --choose`` now scores these and --fill-holes in one pass).
 POSTPROCESS = [(), ("--tta",), ("--largest-component",), ("--tta", "--largest-component")]
 
 
@@ -294,7 +295,10 @@ def source_val_dice(W: Path, slug: str) -> dict[tuple[str, ...], float]:
 
 
 def choose_inference(W: Path, slug: str) -> tuple[str, ...]:
-    """The option set with the best mean Dice on source validation (ties: the simpler one, as --choose)."""
+    """The option set with the best mean Dice on source validation (ties: the simpler one)."""
+    choice = W / "choose-src-val" / slug / "choice.json"
+    if choice.is_file():  # what `train eval --choose` chose
+        return tuple(json.loads(choice.read_text())["flags"])
     val = source_val_dice(W, slug)
     return max(POSTPROCESS, key=lambda f: (val[f], -len(f)))
 

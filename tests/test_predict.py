@@ -17,6 +17,7 @@ import pytest
 from cli_util import augment, ok, train
 from predict_fixtures import dicom_series, phantom_volume, reorient, world_centroid
 from styleswap.contract import sha256_file
+from styleswap.trainer.evaluate import fill_holes
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,15 @@ def test_predict_writes_labels_on_the_input_grid(run, tmp_path):
     assert set(case["seconds"]) >= {"read_s", "preprocess_s", "network_s", "postprocess_s", "write_s"}
     assert (out / "predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == ["case_a.nii.gz", "case_a_probabilities.nii.gz", "predictions.json", "predictions.png"]
+
+
+def test_fill_holes_post_processes_the_prediction_on_the_input_grid(run, tmp_path):
+    path, _ = lps_scan(tmp_path / "scans")
+    ok(train(["predict", path, "--model", run, "--out", tmp_path / "plain", "--no-progress"]))
+    ok(train(["predict", path, "--model", run, "--out", tmp_path / "filled", "--fill-holes", "--no-progress"]))
+    plain, filled = (np.asarray(nib.load(str(tmp_path / d / "case_a.nii.gz")).dataobj) for d in ("plain", "filled"))
+    assert np.array_equal(filled, fill_holes(plain, 5))  # what `train eval --fill-holes` scores
+    assert json.loads((tmp_path / "filled" / "predictions.json").read_text())["options"]["fill_holes"] is True
 
 
 def test_predict_takes_folders_nnunet_dicom_and_checkpoints(run, tmp_path):

@@ -14,8 +14,10 @@ from styleswap.trainer.evaluate import (
     dice_from_counts,
     dice_per_organ,
     INFERENCE_OPTIONS,
+    Inference,
     evaluate_info,
     evaluate_options,
+    fill_holes,
     metrics_markdown,
     summarize,
 )
@@ -114,19 +116,41 @@ class IslandModel(ThresholdModel):
 
 def test_one_pass_over_every_option_scores_each_as_alone(tmp_path):
     info = open_dataset(write_dataset(tmp_path / "d", n_cases=3, slices=5, copies=0))
-    together = evaluate_options(IslandModel(), info, list(INFERENCE_OPTIONS.values()), batch_size=4, hd95=True)
-    for tta, lcc in INFERENCE_OPTIONS.values():
-        alone, alone_overlays = evaluate_info(IslandModel(), info, batch_size=4, hd95=True, tta=tta, largest_component=lcc)
-        metrics, overlays = together[(tta, lcc)]
-        assert metrics == alone
+    assert [o.name for o in INFERENCE_OPTIONS][:4] == ["plain", "tta", "fill-holes", "largest-component"]
+    together = evaluate_options(IslandModel(), info, INFERENCE_OPTIONS, batch_size=4, hd95=True)
+    for option in INFERENCE_OPTIONS:
+        alone, alone_overlays = evaluate_info(IslandModel(), info, batch_size=4, hd95=True, **option._asdict())
+        metrics, overlays = together[option]
+        assert metrics == alone and metrics["tta"] == option.tta and metrics["fill_holes"] == option.fill_holes
         assert overlays.keys() == alone_overlays.keys()
         for case in overlays:
             for got, want in zip(overlays[case], alone_overlays[case], strict=True):
                 assert got[0] == want[0] and all(np.array_equal(a, b) for a, b in zip(got[1:], want[1:]))
     # by hand: the island costs the disk some Dice; the flip or the largest component take it away,
-    # leaving the figures of the model without it
+    # leaving the figures of the model without it; filling holes alone does not (it is no hole)
     clean, _ = evaluate_info(ThresholdModel(), info, batch_size=4)
-    disk = {name: together[o][0]["per_organ"]["disk"]["mean"] for name, o in INFERENCE_OPTIONS.items()}
-    assert disk["plain"] < clean["per_organ"]["disk"]["mean"] - 0.01
-    for name in ("tta", "largest-component", "tta+largest-component"):
+    disk = {o.name: together[o][0]["per_organ"]["disk"]["mean"] for o in INFERENCE_OPTIONS}
+    assert disk["plain"] == disk["fill-holes"] < clean["per_organ"]["disk"]["mean"] - 0.01
+    for name in ("tta", "largest-component", "tta+largest-component", "tta+fill-holes+largest-component"):
         assert disk[name] == pytest.approx(clean["per_organ"]["disk"]["mean"], abs=1e-12)
+
+
+def test_fill_holes_gives_an_organ_what_it_encloses_in_3d():
+    vol = np.zeros((5, 7, 7), np.uint8)
+    vol[1:4, 1:6, 1:6] = 1  # a 3 x 5 x 5 block of organ 1 ...
+    vol[2, 3, 3] = 0  # ... with a hole,
+    vol[2, 2, 2] = 2  # an island of organ 2 inside it,
+    vol[3, 5, 5] = 0  # a dent in a corner, open to the outside (not enclosed),
+    vol[0, 0, 0] = 2  # and organ 2 elsewhere, touching the border
+    out = fill_holes(vol, 3)
+    want = vol.copy()
+    want[2, 3, 3] = want[2, 2, 2] = 1
+    assert np.array_equal(out, want)
+    # a 2D ring enclosing background in one slice only is open through the slices above and below
+    ring = np.zeros((3, 5, 5), np.uint8)
+    ring[1, 1:4, 1:4] = 1
+    ring[1, 2, 2] = 0
+    assert np.array_equal(fill_holes(ring, 2), ring)
+    # then the largest component: the island joined the organ, so it is not dropped as stray
+    both = Inference(fill_holes=True, largest_component=True).postprocess(vol, 3)
+    assert both[2, 2, 2] == 1 and both[0, 0, 0] == 2

@@ -1,10 +1,10 @@
 """``train``: thin Typer commands over `styleswap.trainer.train` and `styleswap.trainer.evaluate`.
 
     train seg  --data DIR [--data DIR2] [--val DIR] --out runs/NAME [options]
-    train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta] [--largest-component]
-    train eval --model runs/NAME --data VAL --out DIR --choose    (picks --tta / --largest-component on VAL)
+    train eval --model runs/NAME --data DIR --out DIR [--hd95] [--tta] [--fill-holes] [--largest-component]
+    train eval --model runs/NAME --data VAL --out DIR --choose    (picks --tta / --fill-holes / --largest-component on VAL)
     train eval --model runs/NAME --images DIR --labels DIR --out DIR      (raw volumes, native grid)
-    train predict --model runs/NAME INPUT... --out DIR [--tta] [--largest-component] [--save-probabilities]
+    train predict --model runs/NAME INPUT... --out DIR [--tta] [--fill-holes] [--largest-component] [--save-probabilities]
     train push runs/NAME --repo-id NAMESPACE/NAME [--dry-run]
 
 Known errors (`StyleSwapError`) become one line ``error: ...`` on stderr and exit code 2.
@@ -93,9 +93,10 @@ def eval_(
     split: Annotated[Optional[str], typer.Option(help="Use only shards of this split.")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="Also compute HD95 (mm).")] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction.")] = False,
-    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component per case.")] = False,
-    choose: Annotated[bool, typer.Option("--choose", help="With --data (the source's validation set): score plain, --tta, --largest-component "
-                                         "and both in one pass, each in OUT/OPTION/, and write the best to OUT/choice.json.")] = False,
+    fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Give each organ the voxels it encloses in 3D (holes, islands of another organ) per case.")] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component per case (after --fill-holes).")] = False,
+    choose: Annotated[bool, typer.Option("--choose", help="With --data (the source's validation set): score plain inference and every combination "
+                                         "of --tta, --fill-holes and --largest-component in one pass, each in OUT/OPTION/, and write the best to OUT/choice.json.")] = False,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
 ) -> None:
@@ -109,20 +110,21 @@ def eval_(
     if (images is None) != (labels is None) or (images is None) == (data is None):
         raise StyleSwapError("give either --data DIR (a dataset folder) or --images DIR --labels DIR (raw volumes)")
     if choose:
-        if images is not None or tta or largest_component or hd95:
+        if images is not None or tta or fill_holes or largest_component or hd95:
             raise StyleSwapError("--choose scores every inference option of a --data folder itself: "
-                                 "drop --images, --tta, --largest-component and --hd95")
+                                 "drop --images, --tta, --fill-holes, --largest-component and --hd95")
         _choose(model, data, out, batch_size=batch_size, device=device, split=split)
         return
     if images is not None:
         from styleswap.trainer.raw_eval import evaluate_raw
 
-        metrics = evaluate_raw(model, images, labels, out, tta=tta, largest_component=largest_component, hd95=hd95,
+        metrics = evaluate_raw(model, images, labels, out, tta=tta, fill_holes=fill_holes, largest_component=largest_component, hd95=hd95,
                                modality=modality, batch_size=batch_size, device=device)
         typer.echo(metrics_markdown(metrics))
         return
     with _our_warnings_on_stderr():
-        metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, largest_component=largest_component, hd95=hd95, device=device, split=split)
+        metrics = evaluate_model(model, data, out, batch_size=batch_size, tta=tta, fill_holes=fill_holes, largest_component=largest_component,
+                                 hd95=hd95, device=device, split=split)
     typer.echo(metrics_markdown(metrics))
 
 
@@ -157,7 +159,8 @@ def predict_(
     model: Annotated[str, typer.Option("--model", help="Run folder (best/, then final/), best/, final/, checkpoints/step-N, a model folder, or hf://NAMESPACE/NAME.")],
     out: OutOpt,
     tta: Annotated[bool, typer.Option("--tta", help="Average with the horizontally flipped prediction (left/right labels swapped).")] = False,
-    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component.")] = False,
+    fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Give each organ the voxels it encloses in 3D (holes, islands of another organ).")] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep each organ's largest 3D connected component (after --fill-holes).")] = False,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write CASE_probabilities.nii.gz: one volume per class, probabilities in [0, 1] (8-bit).")] = False,
     modality: Annotated[Optional[str], typer.Option(help="Modality of the scans (CT or MRI), which decides intensity normalization. Default: the DICOM tag or dataset.json, else the model's training modality.")] = None,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
@@ -172,7 +175,7 @@ def predict_(
     """
     from styleswap.trainer.predict import predict
 
-    summary = predict(model, inputs, out, tta=tta, largest_component=largest_component, save_probabilities=save_probabilities,
+    summary = predict(model, inputs, out, tta=tta, fill_holes=fill_holes, largest_component=largest_component, save_probabilities=save_probabilities,
                       modality=modality, batch_size=batch_size, device=device, progress=progress)
     t = summary["timing"]
     for case, c in summary["cases"].items():

@@ -22,12 +22,13 @@ JSON has no NaN: undefined values are written as ``null``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -114,19 +115,40 @@ def predict_labels(model: SegNet, images: torch.Tensor, tta: bool = False, swap:
     return predict_probs(model, images, tta, swap).argmax(dim=1)
 
 
-#: The inference options a model can be evaluated with, by name: (test-time flip, largest component).
-#: `train eval --choose` scores all four in one pass and picks one on the source's validation.
-INFERENCE_OPTIONS: dict[str, tuple[bool, bool]] = {
-    "plain": (False, False),
-    "tta": (True, False),
-    "largest-component": (False, True),
-    "tta+largest-component": (True, True),
-}
+class Inference(NamedTuple):
+    """How a prediction is made: the test-time flip, then the post-processing of each case volume."""
+
+    tta: bool = False
+    fill_holes: bool = False
+    largest_component: bool = False
+
+    @property
+    def flags(self) -> list[str]:
+        """Its `train eval` / `train predict` flags."""
+        return [flag for flag, on in zip(("--tta", "--fill-holes", "--largest-component"), self) if on]
+
+    @property
+    def name(self) -> str:
+        """``plain``, ``tta``, ``tta+fill-holes+largest-component`` ...: its flags, joined."""
+        return "+".join(f[2:] for f in self.flags) or "plain"
+
+    @property
+    def postprocesses(self) -> bool:
+        return self.fill_holes or self.largest_component
+
+    def postprocess(self, volume: np.ndarray, num_classes: int) -> np.ndarray:
+        """A case's (D, H, W) label volume after this option's post-processing: holes first, so that
+        an enclosed blob joins its organ before the components are counted."""
+        if self.fill_holes:
+            volume = fill_holes(volume, num_classes)
+        if self.largest_component:
+            volume = keep_largest_component(volume, num_classes)
+        return volume
 
 
-def option_flags(name: str) -> list[str]:
-    """An inference option's `train eval` / `train predict` flags: tta+largest-component -> --tta --largest-component."""
-    return [] if name == "plain" else [f"--{part}" for part in name.split("+")]
+#: What `train eval --choose` scores on the source's validation set, simplest first (ties go to it).
+INFERENCE_OPTIONS: list[Inference] = sorted((Inference(*o) for o in itertools.product((False, True), repeat=3)),
+                                            key=lambda o: (sum(o), [not on for on in o]))
 
 
 def keep_largest_component(volume: np.ndarray, num_classes: int) -> np.ndarray:
@@ -149,6 +171,23 @@ def keep_largest_component(volume: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def fill_holes(volume: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per organ (in label order), give its id to every voxel it encloses in 3D.
+
+    A voxel is enclosed when no face-connected path of the organ's non-voxels joins it to the
+    volume's border: background inside the organ, or a blob of another organ (a network that takes
+    liver texture for kidney marks kidney islands inside the liver). Organs are solid: these are errors.
+    """
+    from scipy import ndimage
+
+    out = volume.copy()
+    for c in range(1, num_classes):
+        organ = volume == c
+        if organ.any():
+            out[ndimage.binary_fill_holes(organ) & ~organ] = c
+    return out
+
+
 def evaluate_info(
     model: SegNet,
     info: DatasetInfo,
@@ -156,6 +195,7 @@ def evaluate_info(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     tta: bool = False,
+    fill_holes: bool = False,
     largest_component: bool = False,
     hd95: bool = False,
     overlay_slices: int = 3,
@@ -163,11 +203,12 @@ def evaluate_info(
 ) -> tuple[dict[str, Any], dict[str, list]]:
     """Run the model over every slice of ``info`` and score per case in 3D.
 
-    ``largest_component`` applies `keep_largest_component` to each case's stacked prediction
-    before scoring (slices are stacked by ``slice_index``). Returns (metrics, overlays) where overlays maps case -> up to ``overlay_slices`` tuples
-    ``(slice_index, image (H, W) float, gt (H, W), pred (H, W))`` with the most ground-truth foreground.
+    ``fill_holes`` and ``largest_component`` post-process each case's stacked prediction (slices
+    stacked by ``slice_index``; see `Inference.postprocess`) before scoring. Returns (metrics,
+    overlays) where overlays maps case -> up to ``overlay_slices`` tuples ``(slice_index, image (H, W)
+    float, gt (H, W), pred (H, W))`` with the most ground-truth foreground.
     """
-    option = (tta, largest_component)
+    option = Inference(tta, fill_holes, largest_component)
     return evaluate_options(model, info, [option], batch_size=batch_size, device=device, hd95=hd95,
                             overlay_slices=overlay_slices, workers=workers)[option]
 
@@ -175,19 +216,19 @@ def evaluate_info(
 def evaluate_options(
     model: SegNet,
     info: DatasetInfo,
-    options: list[tuple[bool, bool]],
+    options: list[Inference],
     *,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     hd95: bool = False,
     overlay_slices: int = 3,
     workers: int = 0,
-) -> dict[tuple[bool, bool], tuple[dict[str, Any], dict[str, list]]]:
-    """`evaluate_info` for several ``(tta, largest_component)`` options in one pass over the data.
+) -> dict[Inference, tuple[dict[str, Any], dict[str, list]]]:
+    """`evaluate_info` for several inference options in one pass over the data.
 
     Each batch goes through the network once, and once more mirrored if an option flips (the flip
-    reuses the plain softmax); the largest-component options post-process the stacked volumes of
-    their option without it. Each option's figures are those `evaluate_info` gives it alone.
+    reuses the plain softmax); the post-processing options work on the stacked case volumes of the
+    same prediction. Each option's figures are those `evaluate_info` gives it alone.
     """
     ncls = int(model.config["num_classes"])
     if info.num_classes > ncls:
@@ -201,9 +242,9 @@ def evaluate_options(
     if input_norm == "zscore" and not info.volume_stats:
         raise StyleSwapError(f"{info.root}: the model reads per-volume z-scores, but manifest.json has no volume_stats; "
                              "ingest the data again with this version")
-    options = list(dict.fromkeys(options))
-    flips = sorted({t for t, _ in options})  # the predictions to make: plain, mirrored or both
-    stacks = {t for t, lcc in options if lcc or hd95}  # whose case volumes are kept
+    options = [Inference(*o) for o in dict.fromkeys(options)]
+    flips = sorted({o.tta for o in options})  # the predictions to make: plain, mirrored or both
+    stacks = {o.tta for o in options if o.postprocesses or hd95}  # whose case volumes are kept
     stream = SliceStream([info], shuffle=False, num_classes=ncls, with_copies=False)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
     counts = {t: defaultdict(lambda: np.zeros((3, ncls - 1), np.int64)) for t in flips}
@@ -236,12 +277,13 @@ def evaluate_options(
         model.train(was_training)
     stacked = {t: {c: _stack(v) for c, v in volumes[t].items()} for t in stacks}
     results = {}
-    for t, lcc in options:
+    for option in options:
+        t = option.tta
         case_counts, case_overlays, case_stacks = dict(counts[t]), dict(overlays[t]), stacked.get(t, {})
-        if lcc:
+        if option.postprocesses:
             case_stacks = {}
             for case, (ids, pred_v, gt_v) in stacked[t].items():
-                pred_v = keep_largest_component(pred_v, ncls)
+                pred_v = option.postprocess(pred_v, ncls)
                 case_stacks[case] = (ids, pred_v, gt_v)
                 case_counts[case] = np.stack(class_counts(pred_v, gt_v, ncls))
                 if case in case_overlays:  # show the post-processed prediction
@@ -250,9 +292,8 @@ def evaluate_options(
         case_dice = {c: dice_from_counts(*v) for c, v in case_counts.items()}
         metrics = summarize(case_dice, organ_names, _hd95(case_stacks, spacing, ncls) if hd95 else None)
         metrics["num_slices"] = n_slices
-        metrics["tta"] = t
-        metrics["largest_component"] = lcc
-        results[(t, lcc)] = metrics, {c: [o[1:] for o in sorted(v, key=lambda o: o[1])] for c, v in case_overlays.items()}
+        metrics.update(option._asdict())
+        results[option] = metrics, {c: [o[1:] for o in sorted(v, key=lambda o: o[1])] for c, v in case_overlays.items()}
     return results
 
 
@@ -346,6 +387,7 @@ def evaluate_model(
     *,
     batch_size: int = 16,
     tta: bool = False,
+    fill_holes: bool = False,
     largest_component: bool = False,
     hd95: bool = False,
     device: str | None = None,
@@ -360,7 +402,8 @@ def evaluate_model(
     the point of the project; a size mismatch usually is not)."""
     _check_out(out_dir, "metrics.json", "metrics.md")
     model, info, dev = _open(model_dir, data_dir, device, split)
-    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, largest_component=largest_component, hd95=hd95, workers=workers)
+    metrics, overlays = evaluate_info(model, info, batch_size=batch_size, device=dev, tta=tta, fill_holes=fill_holes,
+                                      largest_component=largest_component, hd95=hd95, workers=workers)
     metrics["model"] = str(resolve_model_dir(model_dir))
     metrics["data"] = str(Path(data_dir))
     return write_metrics(metrics, overlays, out_dir)
@@ -380,19 +423,19 @@ def choose_inference(
 
     Writes ``out_dir``/OPTION/ (an evaluation each, as `evaluate_model`) and ``out_dir``/choice.json
     (last): every option's flags and mean Dice, and the chosen one, the best, ties going to the one
-    with fewer flags, so a post-processing is only chosen when it helps. ``out_dir`` must be new, empty or an earlier choice."""
+    with fewer flags, so an option is only chosen when it helps. ``out_dir`` must be new, empty or an earlier choice."""
     _check_out(out_dir, "choice.json")
     model, info, dev = _open(model_dir, data_dir, device, split)
-    results = evaluate_options(model, info, list(INFERENCE_OPTIONS.values()), batch_size=batch_size, device=dev, workers=workers)
+    results = evaluate_options(model, info, INFERENCE_OPTIONS, batch_size=batch_size, device=dev, workers=workers)
     out = Path(out_dir)
     scores = {}
-    for name, option in INFERENCE_OPTIONS.items():
+    for option in INFERENCE_OPTIONS:
         metrics, overlays = results[option]
         metrics["model"], metrics["data"] = str(resolve_model_dir(model_dir)), str(Path(data_dir))
-        scores[name] = write_metrics(metrics, overlays, out / name)["mean_dice"]
-    chosen = max(INFERENCE_OPTIONS, key=lambda n: (scores[n] or 0.0, -len(option_flags(n))))
-    choice = {"chosen": chosen, "flags": option_flags(chosen),
-              "options": {n: {"flags": option_flags(n), "mean_dice": d} for n, d in scores.items()},
+        scores[option] = write_metrics(metrics, overlays, out / option.name)["mean_dice"]
+    chosen = max(INFERENCE_OPTIONS, key=lambda o: scores[o] or 0.0)  # the first best: the simplest
+    choice = {"chosen": chosen.name, "flags": chosen.flags,
+              "options": {o.name: {"flags": o.flags, "mean_dice": d} for o, d in scores.items()},
               "model": str(resolve_model_dir(model_dir)), "data": str(Path(data_dir))}
     (out / "choice.json").write_text(json.dumps(choice, indent=2))
     return choice

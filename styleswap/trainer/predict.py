@@ -35,7 +35,7 @@ import torch
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.artifact import ModelArtifact, open_model
 from styleswap.trainer.data import lateral_permutation
-from styleswap.trainer.evaluate import colorize, keep_largest_component, predict_probs
+from styleswap.trainer.evaluate import Inference, colorize, predict_probs
 from styleswap.volumes import geometry
 from styleswap.volumes.io import normalize_modality, read_nifti
 from styleswap.volumes.preprocess import PreparedScan
@@ -77,6 +77,7 @@ def segment_scan(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     tta: bool = False,
+    fill_holes: bool = False,
     largest_component: bool = False,
     probabilities: bool = False,
     progress: bool = True,
@@ -109,10 +110,11 @@ def segment_scan(
         times["postprocess_s"] += t3 - t2
         bar.update(k1 - k0)
     bar.close()
-    if largest_component:
+    post = Inference(tta, fill_holes, largest_component)
+    if post.postprocesses:
         t = time.perf_counter()
-        labels = keep_largest_component(labels, ncls)
-        if probs is not None:  # voxels dropped from the labels are background there too
+        labels = post.postprocess(labels, ncls)
+        if probs is not None and largest_component:  # voxels dropped from the labels are background there too
             probs[labels == 0, 1:] = 0
         times["postprocess_s"] += time.perf_counter() - t
     counts = sum(np.bincount(labels[i : i + 16].ravel(), minlength=ncls) for i in range(0, labels.shape[0], 16))  # no volume-sized int64 copy
@@ -242,6 +244,7 @@ def predict(
     out: str | Path,
     *,
     tta: bool = False,
+    fill_holes: bool = False,
     largest_component: bool = False,
     save_probabilities: bool = False,
     modality: str | None = None,
@@ -267,7 +270,8 @@ def predict(
         scan = load_scan(ref)
         read_s = time.perf_counter() - t
         seg = segment_scan(net, artifact, scan, modality=modality, batch_size=batch_size, device=dev, tta=tta,
-                           largest_component=largest_component, probabilities=save_probabilities, progress=progress)
+                           fill_holes=fill_holes, largest_component=largest_component, probabilities=save_probabilities,
+                           progress=progress)
         t = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
         files = [write_nifti(seg.labels, scan, out / f"{ref.case_id}.nii.gz", intent=NIFTI_INTENT_LABEL).name]
@@ -282,7 +286,7 @@ def predict(
     summary = {
         "model": artifact.describe(),
         "inputs": [str(i) for i in inputs],
-        "options": {"tta": tta, "largest_component": largest_component, "save_probabilities": save_probabilities,
+        "options": {"tta": tta, "fill_holes": fill_holes, "largest_component": largest_component, "save_probabilities": save_probabilities,
                     "modality": modality, "batch_size": batch_size, "device": str(dev)},
         "labels": artifact.labels,
         "cases": cases,

@@ -39,6 +39,7 @@ def evaluate_raw(
     out: str | Path,
     *,
     tta: bool = False,
+    fill_holes: bool = False,
     largest_component: bool = False,
     hd95: bool = False,
     modality: str | None = None,
@@ -65,7 +66,7 @@ def evaluate_raw(
         check_same_grid(SimpleNamespace(shape=scan.voxels.shape, affine=scan.affine), lab_img, ref.path, lpath)
         gt = label_map.apply(read_voxels(lab_img, lpath), lpath)
         seg = segment_scan(net, artifact, scan, modality=modality, batch_size=batch_size, device=dev, tta=tta,
-                           largest_component=largest_component, progress=progress)
+                           fill_holes=fill_holes, largest_component=largest_component, progress=progress)
         case_dice[ref.case_id] = dice_from_counts(*class_counts(seg.labels, gt, ncls))
         if hd95:
             case_hd[ref.case_id] = hd95_per_organ(seg.labels, gt, ncls, list(geometry.voxel_sizes(scan.affine)))
@@ -74,7 +75,7 @@ def evaluate_raw(
         overlays[ref.case_id] = [(k, image, geometry.display_slices(gt_canon, [k])[0], pred) for k, image, pred in seg.overview]
         del scan, seg, gt
     metrics = summarize(case_dice, artifact.organs, case_hd if hd95 else None)
-    metrics.update(grid="native (each scan's own voxels)", tta=tta, largest_component=largest_component,
+    metrics.update(grid="native (each scan's own voxels)", tta=tta, fill_holes=fill_holes, largest_component=largest_component,
                    model=str(artifact.folder), model_id=artifact.spec, weights_sha256=artifact.sha256, images=str(images), labels=str(labels))
     return write_metrics(metrics, overlays, out)
 
