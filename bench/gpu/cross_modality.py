@@ -14,7 +14,7 @@ cannot reach ../shared/data:
 ``run`` builds the GIN and Bezier copies on the machine's CPUs, starts every (direction, method,
 seed) of `CONFIGS` as its own ``train seg`` process on the GPU (bf16, all at once), and stops
 any run still going when the time budget ends (reported as unfinished, never as a result). Each
-run's checkpoint and inference options (plain / flip / largest component / both) are chosen on
+run's checkpoint and inference options (`train eval --choose`: flip, fill holes, largest component) are chosen on
 the source's validation cases; the CT -> MRI target is measured there; the MRI -> CT models come
 back (one safetensors file each, with their configs in results.json) and ``finish`` measures
 them here. ``run --dry`` does the whole thing on the CPU with two training cases, 64 px, 20 steps and three
@@ -203,7 +203,7 @@ def run(args) -> int:
         val = {" ".join(o["flags"]) or "plain": o["mean_dice"] or 0.0 for o in choice["options"].values()}
         r["source_val_dice"], r["inference"] = val, " ".join(choice["flags"]) or "plain"
         if r["direction"] == "ct2mr":
-            flags = [] if chosen == "plain" else chosen.split()
+            flags = choice["flags"]
             for fl in {(), tuple(flags)}:
                 ev = work / "eval" / (r["slug"] + "-target" + "".join(fl))
                 sh(cli("train") + ["eval", "--model", str(run_dir), "--data", str(data("ct2mr", "target")), "--out", str(ev), *fl], log, env)
