@@ -89,7 +89,8 @@ def render_card(artifact: ModelArtifact, repo_id: str, license: str, evaluation:
         where = metrics.get("images") or metrics.get("data") or "?"
         grid = "each scan's own voxel grid" if metrics.get("images") else "the dataset folder's slices, stacked per case"
         lines += [f"Per-organ 3D Dice (%) on `{where}` ({metrics.get('num_cases')} cases, measured on {grid}; "
-                  f"test-time flip: {bool(metrics.get('tta'))}, largest component: {bool(metrics.get('largest_component'))}):", "",
+                  f"test-time flip: {bool(metrics.get('tta'))}, holes filled: {bool(metrics.get('fill_holes'))}, "
+                  f"largest component: {bool(metrics.get('largest_component'))}):", "",
                   metrics_markdown(metrics).rstrip(), ""]
     lines += ["## Training", ""]
     for d in cfg.get("training_data") or []:
