@@ -4,8 +4,8 @@
 direction on 2 cores): not the benchmark's figures. Training on style-intervened copies must still
 beat ERM on the unseen target. Measured with the benchmark's recipe (`--intensity-aug
 standard,organ`, inference chosen on source validation): CT -> MRI, ERM 19.0 %, GIN + Bezier + Dice
-+ InfoNCE 39.9 % (+20.8 points; an earlier run: 21.7 vs 39.3); MRI -> CT (all 30 CT volumes), ERM
-22.3 %, best row 37.4 % (+15.1). With the earlier recipe (`standard` only) the CT -> MRI gap was
++ InfoNCE 39.9 % (+20.8 points; other runs: 21.7 vs 39.3, twice); MRI -> CT (all 30 CT volumes), ERM
+22.3 %, best row 37.4 % (+15.1; with --fill-holes among the options --choose scores: 38.4, +16.1). With the earlier recipe (`standard` only) the CT -> MRI gap was
 +4.7 points, so the margin asserted here would also catch a regression of the recipe, a broken intervention (copies that lose the anatomy) or a
 trainer that ignores the copies.
 """
