@@ -285,7 +285,7 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
 
 
 def source_val_dice(W: Path, slug: str) -> dict[tuple[str, ...], float]:
-    """Mean Dice on source validation per inference option (its flags), as `train eval --choose` wrote it."""
+    """Mean Dice on source validation per inference option (its flags), simplest first, as `train eval --choose` wrote it."""
     choice = W / "choose-src-val" / slug / "choice.json"
     if choice.is_file():
         return {tuple(o["flags"]): o["mean_dice"] or 0.0 for o in json.loads(choice.read_text())["options"].values()}
@@ -295,12 +295,10 @@ def source_val_dice(W: Path, slug: str) -> dict[tuple[str, ...], float]:
 
 
 def choose_inference(W: Path, slug: str) -> tuple[str, ...]:
-    """The option set with the best mean Dice on source validation (ties: the simpler one)."""
-    choice = W / "choose-src-val" / slug / "choice.json"
-    if choice.is_file():  # what `train eval --choose` chose
-        return tuple(json.loads(choice.read_text())["flags"])
+    """The option set with the best mean Dice on source validation: the first best, as both layouts
+    list the options simplest first (`train eval --choose` makes the same choice)."""
     val = source_val_dice(W, slug)
-    return max(POSTPROCESS, key=lambda f: (val[f], -len(f)))
+    return max(val, key=val.get)
 
 
 def row_result(name, keys, loss, seed, slug, W: Path, train_s: float | None, recipe) -> dict:

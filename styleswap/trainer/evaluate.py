@@ -263,7 +263,8 @@ def evaluate_options(
             n_slices += len(gt)
             for i, case in enumerate(batch["case_id"]):
                 sl = int(batch["slice_index"][i])
-                spacing[case] = batch["spacing"][i].tolist()
+                if hd95:
+                    spacing[case] = batch["spacing"][i].tolist()
                 for t, pred in preds.items():
                     counts[t][case] += np.stack(class_counts(pred[i], gt[i], ncls))
                     if t in stacks:
