@@ -35,10 +35,12 @@ The target is only measured. Skips with a message (exit 0) when ``../shared/data
 
 from __future__ import annotations
 
+import csv
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -264,6 +266,7 @@ def main() -> int:
 def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps, args, every) -> dict:
     """Train one row with one seed, choose its inference on source validation, measure the target."""
     out = W / "runs" / slug
+    resumed = any((out / "checkpoints").glob("step-*"))  # an earlier invocation trained part of it
     t = time.perf_counter()
     data = [a for k in keys for a in ("--data", str(ds[k]))]
     nce = ["--nce-weight", str(args.nce_weight)] if "infonce" in loss else []
@@ -271,7 +274,8 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
                  "--steps", str(steps), "--batch-size", str(args.batch_size), "--seed", str(seed),
                  "--workers", str(args.workers), "--val-every", str(every), "--checkpoint-every", str(every),
                  "--log-every", str(max(every // 5, 1)), "--no-progress", "--resume", "latest"], log)  # fmt: skip
-    train_s = time.perf_counter() - t
+    # a resumed run's wall time covers only this invocation's part: estimate the whole from its rate
+    train_s = rate_seconds(out, steps, args.batch_size) if resumed else time.perf_counter() - t
     # inference options are chosen on source validation, like the checkpoint; the target only measures
     run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(W / "choose-src-val" / slug), "--choose"], log)
     chosen = choose_inference(W, slug)
@@ -329,17 +333,18 @@ def collect_row(name, keys, loss, seed, slug, W: Path, recipe, steps, args) -> d
     recorded = W / "rows" / f"{slug}.json"
     if recorded.is_file():
         return json.loads(recorded.read_text())
-    # runs of a benchmark older than rows/*.json: the same choice, made again from the same files;
-    # training time from the median logged rate (robust to an interrupted or shared interval)
-    train_s = None
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file():
-        import csv
-        import statistics
+    # runs of a benchmark older than rows/*.json: the same choice, made again from the same files
+    return row_result(name, keys, loss, seed, slug, W, rate_seconds(run_dir, steps, args.batch_size), recipe)
 
-        rates = [float(r["slices_per_s"]) for r in csv.DictReader(metrics.open()) if r.get("slices_per_s")]
-        train_s = steps * args.batch_size / statistics.median(rates) if rates else None
-    return row_result(name, keys, loss, seed, slug, W, train_s, recipe)
+
+def rate_seconds(run_dir: Path, steps: int, batch_size: int) -> float | None:
+    """Training time of a run from the median logged rate (robust to an interrupted or shared interval)."""
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with metrics.open() as f:
+        rates = [float(r["slices_per_s"]) for r in csv.DictReader(f) if r.get("slices_per_s")]
+    return steps * batch_size / statistics.median(rates) if rates else None
 
 
 def summarize_rows(runs: list[dict]) -> list[dict]:

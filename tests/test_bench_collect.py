@@ -77,3 +77,22 @@ def test_collect_prefers_what_the_run_recorded_and_refuses_another_budget(workdi
         cm.collect_row("GIN + Dice", ("src-gin",), "dice", 1, slug, W, [], 200, args())
     with pytest.raises(SystemExit, match="no trained and evaluated run"):
         cm.collect_row("GIN + Dice", ("src-gin",), "dice", 0, slug.replace("s1", "s0"), W, [], 100, args())
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_resumed_run_reports_its_whole_training_time(workdir, monkeypatch, resumed):
+    # a run an earlier invocation started: this invocation's wall time covers only its part
+    cm, W, slug = workdir
+    commands = []
+    monkeypatch.setattr(cm, "run", lambda cmd, log: commands.append(cmd))
+    if resumed:
+        (W / "runs" / slug / "checkpoints" / "step-0000010").mkdir(parents=True)
+    ds = {"src-gin": W / "src-gin", "src-val": W / "src-val", "target": W / "target"}
+    r = cm.evaluate_row("GIN + Dice", ("src-gin",), "dice", 1, slug, ds, W, W / "log", ["train"], [], 100,
+                        args(nce_weight=0.1, workers=1), 10)
+    assert commands[0][:2] == ["train", "seg"] and commands[0][-2:] == ["--resume", "latest"]
+    assert r["inference"] == "--tta" and json.loads((W / "rows" / f"{slug}.json").read_text()) == r
+    if resumed:
+        assert r["train_seconds"] == pytest.approx(100 * 4 / 10.0)  # the median logged rate's estimate
+    else:
+        assert r["train_seconds"] < 5  # this invocation's wall time (training stubbed out)
