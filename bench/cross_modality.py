@@ -35,8 +35,8 @@ The target is only measured. Skips with a message (exit 0) when ``../shared/data
 
 from __future__ import annotations
 
-import csv
 import argparse
+import csv
 import json
 import os
 import shutil
