@@ -278,7 +278,7 @@ def evaluate_row(name, keys, loss, seed, slug, ds, W, log, train, recipe, steps,
     train_s = rate_seconds(out, steps, args.batch_size) if resumed else time.perf_counter() - t
     # inference options are chosen on source validation, like the checkpoint; the target only measures
     run(train + ["eval", "--model", str(out), "--data", str(ds["src-val"]), "--out", str(W / "choose-src-val" / slug), "--choose"], log)
-    chosen = choose_inference(W, slug)
+    chosen = choose_inference(source_val_dice(W, slug))
     for flags in {(), chosen}:
         run(train + ["eval", "--model", str(out), "--data", str(ds["target"]), "--out", str(W / "eval" / (slug + "".join(flags))),
                      *flags], log)  # fmt: skip
@@ -298,17 +298,16 @@ def source_val_dice(W: Path, slug: str) -> dict[tuple[str, ...], float]:
             for f in POSTPROCESS}
 
 
-def choose_inference(W: Path, slug: str) -> tuple[str, ...]:
-    """The option set with the best mean Dice on source validation: the first best, as both layouts
-    list the options simplest first (`train eval --choose` makes the same choice)."""
-    val = source_val_dice(W, slug)
+def choose_inference(val: dict[tuple[str, ...], float]) -> tuple[str, ...]:
+    """The option set with the best mean Dice on source validation (`source_val_dice`): the first
+    best, as both layouts list the options simplest first (`train eval --choose` makes the same choice)."""
     return max(val, key=val.get)
 
 
 def row_result(name, keys, loss, seed, slug, W: Path, train_s: float | None, recipe) -> dict:
     """One run's entry of results.json, from its evaluation folders."""
     val = source_val_dice(W, slug)
-    chosen = choose_inference(W, slug)
+    chosen = choose_inference(val)
     tgt = {f: json.loads((W / "eval" / (slug + "".join(f)) / "metrics.json").read_text()) for f in {(), chosen}}
     m = tgt[chosen]
     return {"row": name, "seed": seed, "data": list(keys), "loss": loss, "run": str(W / "runs" / slug),

@@ -15,6 +15,7 @@ import pytest
 from cli_util import augment, ok, train
 from styleswap.errors import StyleSwapError
 from styleswap.generator.sources.ingest import split_cases
+from styleswap.trainer.evaluate import INFERENCE_OPTIONS
 
 IDS = [f"case_{i:02d}" for i in range(10)]
 
@@ -106,8 +107,6 @@ def test_readme_real_data_block_runs_as_written(shared_data, tmp_path):
             assert result[0] == 0, (line, result)
     finally:
         os.chdir(old)
-    from styleswap.trainer.evaluate import INFERENCE_OPTIONS
-
     chosen = json.loads((work / "runs" / "gin" / "choose-ct" / "choice.json").read_text())["chosen"]
     assert chosen in {o.name for o in INFERENCE_OPTIONS}
     assert (work / "runs" / "gin" / "eval-mr" / "metrics.json").is_file()
