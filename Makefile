@@ -10,7 +10,13 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# A first install writes about 6.5 GiB (torch's CUDA build): refuse at the start, not halfway.
+NEED_GIB ?= 7
+
 $(STAMP): pyproject.toml constraints-ci.txt
+	@test -x $(BIN)/python || { d="$(abspath $(VENV))"; while [ ! -d "$$d" ]; do d=$$(dirname "$$d"); done; \
+		free=$$(df -Pk "$$d" | awk 'NR==2 {print int($$4 / 1048576)}'); \
+		[ "$$free" -ge $(NEED_GIB) ] || { echo "make setup: $$free GiB free for $(VENV), a first install needs about $(NEED_GIB) GiB; free space and rerun" >&2; exit 2; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints-ci.txt torch torchvision
 	$(BIN)/pip install -q -c constraints-ci.txt -e '.[test]'
