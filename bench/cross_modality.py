@@ -247,7 +247,7 @@ def main() -> int:
             f"cases), target {tgt_name} ({budget['target_cases']} cases, 3D Dice per case, only measured). Budget per row and seed: "
             f"{steps} steps x batch {args.batch_size} at {size}x{size}, {copies} copies per slice, `train seg {' '.join(recipe)}` "
             f"(InfoNCE weight {args.nce_weight}). Spread: half the range over seeds.")  # fmt: skip
-    own_aug = sorted({f"{name}: `--intensity-aug {row_aug}`" for name, _, _, row_aug in picked if row_aug})
+    own_aug = [f"{name}: `--intensity-aug {row_aug}`" for name, _, _, row_aug in picked if row_aug]
     if own_aug:  # the peers' rows replace the recipe's jitter with their own (see ROWS)
         note += " Rows with their own jitter: " + "; ".join(own_aug) + "."
     if args.direction == "mr2ct":
