@@ -88,6 +88,28 @@ def test_slaug_derives_gla_and_lla_from_the_original():
     assert all(im.shape == x.shape and not torch.equal(im, x) for im in out.images)
 
 
+def test_slaug_on_copies_starts_each_slice_from_its_original_or_its_copy():
+    # every pixel is air (<= 0.01), which LLA keeps as it is, so its output tells which image each
+    # slice started from: the original (0.0) or the copy (0.005)
+    n = 64
+    orig = torch.zeros(n, 1, 8, 8)
+    copy = torch.full((n, 1, 8, 8), 0.005)
+    mask = torch.zeros(n, 1, 8, 8, dtype=torch.long)
+    views = Views([orig, copy], [False, True], mask, torch.zeros(n, 2))
+    out = derive_step(METHODS["slaug+copies"], 2)(views, gen(2))
+    assert len(out.images) == 2 and out.is_copy == [True, True]
+    lla = out.images[1]
+    from_copy = [bool(torch.all(lla[i] == 0.005)) for i in range(n)]
+    from_orig = [bool(torch.all(lla[i] == 0.0)) for i in range(n)]
+    assert all(a != b for a, b in zip(from_copy, from_orig))  # each slice came from exactly one of them
+    assert 16 <= sum(from_copy) <= 48  # about half
+    # the same generator draws the same choice: a resumed step replays it
+    again = derive_step(METHODS["slaug+copies"], 2)(views, gen(2)).images[1]
+    assert torch.equal(again, lla)
+    # plain slaug never reads a copy
+    assert METHODS["slaug"].copies == 0 and METHODS["slaug+copies"].copies == 1
+
+
 def test_shear_shift_and_elastic_move_image_and_mask_together():
     img = torch.zeros(4, 1, 32, 32)
     img[:, :, 10:20, 12:22] = 1.0
@@ -105,7 +127,7 @@ def test_shear_shift_and_elastic_move_image_and_mask_together():
     assert torch.equal(same, img) and torch.equal(m2, mask)
 
 
-@pytest.mark.parametrize("loss", ["gin-ipa", "slaug"])
+@pytest.mark.parametrize("loss", ["gin-ipa", "slaug", "slaug+copies"])
 def test_peer_methods_train_end_to_end(tmp_path, loss):
     from styleswap.trainer.train import TrainConfig, train_segmentation
     from trainer_fixtures import write_dataset

@@ -55,6 +55,7 @@ CONFIGS = [
         ("GIN + Bezier + Dice + InfoNCE (ours)", "dice+infonce", ("src-gin", "src-bezier"), "standard,organ", (0, 1)),
         ("SLAug, peer", "slaug", ("src-train",), "standard", (0,)),
         ("GIN-IPA, peer", "gin-ipa", ("src-gin",), "standard", (0,)),
+        ("SLAug on originals and copies (peer + ours)", "slaug+copies", ("src-gin", "src-bezier"), "standard", (0,)),
     ]
 ]
 RECIPE = ["--lr", "1e-3", "--lr-schedule", "cosine", "--scale", "0.25", "--rotate", "20", "--depth", "4",

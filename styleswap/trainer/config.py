@@ -16,7 +16,7 @@ from styleswap.networks import ARCHS  # the network definition (shared floor) ow
 from styleswap.volumes.intensity import INPUT_NORMS  # the neutral layer owns what a network reads
 
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
-LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug")
+LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug", "slaug+copies")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -50,7 +50,8 @@ class TrainConfig:
     loss: str = option("dice+infonce", "Training method: erm (originals only) | dice (Dice+CE on original and copy) | "
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "
                        "smooth field, KL consistency; Ouyang et al.) | slaug (global and class-wise location-scale "
-                       "augmentation with saliency-balanced fusion, on the fly; Su et al.).")
+                       "augmentation with saliency-balanced fusion, on the fly; Su et al.) | slaug+copies (slaug, each "
+                       "slice's images made from its original or, half the time, one of its copies).")
     arch: str = option("unet", "unet (MONAI UNet) | basicunet | effb2 (FlexibleUNet with a randomly initialised "
                        "EfficientNet-B2 encoder, the peers' network; 11 M parameters).")
     channels: int = option(16, "Width of the first level (doubles per level).", "--channels", "--width")

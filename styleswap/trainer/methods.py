@@ -16,7 +16,9 @@ slaug          global (GLA) and class-wise (LLA)     Dice + CE on GLA, then on G
 
 The copies of ``gin-ipa`` are the dataset's own (``augment build --engine gin``): each step draws
 three different stored copies per slice instead of sampling fresh random networks, so the trainer
-keeps needing nothing but the dataset format. Every random draw comes from the step's generator.
+keeps needing nothing but the dataset format. ``slaug+copies`` puts our interventions under
+SLAug's: location-scale remaps intensities only, a GIN copy also changes texture, so half the
+slices start from a texture the source never had. Every random draw comes from the step's generator.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ METHODS = {
     "dice+infonce": Method("dice+infonce", 1, True),
     "gin-ipa": Method("gin-ipa", 3, False),
     "slaug": Method("slaug", 0, True),
+    "slaug+copies": Method("slaug+copies", 1, True),
 }
 
 
@@ -64,9 +67,12 @@ def initial_views(method: Method, batch: dict[str, Any], device: torch.device) -
 
 def derive_step(method: Method, num_classes: int):
     """The method's own augmentation step (None if it has none), run after the geometry."""
-    if method.name == "slaug":
+    if method.name in ("slaug", "slaug+copies"):
         def slaug(views: Views, generator: torch.Generator) -> Views:
             x = views.images[0]
+            if len(views.images) == 2:  # slaug+copies: per slice, the original or its copy
+                use_copy = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+                x = torch.where(use_copy.view(-1, 1, 1, 1), views.images[1], x)
             return replace(views, images=[global_location_scale(x, generator), classwise_location_scale(x, views.mask, generator, num_classes)],
                            is_copy=[True, True])  # fmt: skip
 
@@ -130,7 +136,7 @@ def run_step(method: Method, module, views: Views, seg_loss, backward: Backward,
             loss = seg + consistency_weight * consistency
         backward(loss)
         return _detached(loss=loss, seg=seg, consistency=consistency)
-    if method.name == "slaug":
+    if method.name in ("slaug", "slaug+copies"):
         gla, lla = views.images
         gla = gla.detach().requires_grad_(True)
         with autocast():
