@@ -1,11 +1,13 @@
 """Streaming (coverage across workers and ranks, shuffling, determinism, resume skip) and
 geometric augmentation applied identically to original, copy and mask."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from styleswap.trainer.data import SliceStream, lateral_permutation, open_dataset
+from styleswap.trainer.data import SliceStream, lateral_permutation, make_loader, open_dataset
 from styleswap.trainer.augment import geometric_augment
 from trainer_fixtures import write_dataset
 
@@ -27,7 +29,7 @@ def _ids(info, *, world=1, workers=0, epoch=0, seed=0, buffer=8, shuffle=True, s
     for rank in range(world):
         ds = SliceStream([info], seed=seed, rank=rank, world_size=world, buffer_size=buffer, shuffle=shuffle, skip_batches=skip, batch_size=batch)
         ds.set_epoch(epoch)
-        for b in DataLoader(ds, batch_size=batch, num_workers=workers):
+        for b in make_loader(ds, batch, workers):
             out += [(rank, s) for s in b["sample_id"]]
     return out
 
@@ -41,6 +43,17 @@ def test_two_workers_two_ranks_cover_every_slice_once(datasets, name):
     # the two ranks get disjoint partitions of comparable size
     per_rank = [sum(1 for r, _ in got if r == k) for k in range(2)]
     assert min(per_rank) > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads parent pids from /proc (Linux)")
+def test_workers_start_from_the_fork_server_not_from_the_caller(datasets):
+    # a fork of a trainer holding GBs of model state makes each page it then writes a copy-on-write
+    # fault (seconds per epoch start); workers forked by the small server leave the caller alone
+    it = iter(make_loader(SliceStream([datasets["parquet"]], seed=0), 2, 2))
+    next(it)
+    parents = {int(Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for w in it._workers}
+    assert len(parents) == 1 and os.getpid() not in parents
+    del it
 
 
 def test_shuffle_buffer_changes_order_not_coverage(datasets):

@@ -32,12 +32,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
 from styleswap.metrics import class_counts, dice_from_counts  # noqa: F401 (raw_eval and tests import them from here)
-from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, open_dataset
+from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, make_loader, open_dataset
 from styleswap.trainer.model import SegNet, load_model, normalize_input, resolve_model_dir
 
 
@@ -246,7 +245,7 @@ def evaluate_options(
     flips = sorted({o.tta for o in options})  # the predictions to make: plain, mirrored or both
     stacks = {o.tta for o in options if o.postprocesses or hd95}  # whose case volumes are kept
     stream = SliceStream([info], shuffle=False, num_classes=ncls, with_copies=False)
-    loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
+    loader = make_loader(stream, batch_size, workers)
     counts = {t: defaultdict(lambda: np.zeros((3, ncls - 1), np.int64)) for t in flips}
     volumes: dict[bool, dict[str, list]] = {t: defaultdict(list) for t in stacks}
     overlays: dict[bool, dict[str, list]] = {t: defaultdict(list) for t in flips}

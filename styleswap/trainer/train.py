@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from styleswap import checkpoints
 from styleswap.accelerator import make_accelerator
@@ -47,7 +46,7 @@ from styleswap.trainer import runs
 from styleswap.trainer.artifact import describe_training
 from styleswap.trainer.augment import build_augmenter
 from styleswap.trainer.config import LOSSES, TrainConfig
-from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, open_dataset, qc_filter
+from styleswap.trainer.data import DatasetInfo, SliceStream, _seed_of, lateral_permutation, make_loader, open_dataset, qc_filter
 from styleswap.trainer.losses import PatchNCELoss, SegLoss
 from styleswap.trainer.methods import METHODS, derive_step, initial_views, run_step
 from styleswap.trainer.model import SegNet, default_config, parse_layers, save_model
@@ -231,9 +230,8 @@ def _batches(cfg: TrainConfig, infos: list[DatasetInfo], rank: int, world: int, 
                              skip_batches=skip, batch_size=cfg.batch_size, with_copies=method.copies > 0,
                              copies=max(1, method.copies), min_qc_dice=cfg.min_qc_dice)  # fmt: skip
         stream.set_epoch(epoch)
-        loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=torch.cuda.is_available())
         k, got = skip, False
-        for batch in loader:
+        for batch in make_loader(stream, cfg.batch_size, cfg.workers):
             k, got = k + 1, True
             yield epoch, k, batch
         if not got and skip == 0:
