@@ -37,7 +37,7 @@ demo: setup
 	@echo "preview: out/demo/preview.png  curves: runs/demo/curves.png  predictions: runs/demo/eval-mri/predictions.png"
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 bench: setup
 	$(BIN)/python bench/run.py
