@@ -13,17 +13,19 @@ of ``--repeats`` fresh subprocesses:
 
 - ``augment build --source ING --engine gin --copies 4 --workers 2``
 - ``train seg --data BUILT --steps N --batch-size 8 --workers 2``, N (same at both scales) just
-  past one epoch of the 10x data, so both runs cross an epoch boundary. That matters: each epoch
-  starts a new DataLoader whose workers are forked from the trainer as it is *then* (weights,
-  optimizer state, allocator caches), and later copy-on-write makes those pages their own. Measured
-  on 3 CT cases: 30 steps (inside epoch 0) peaked at ~1440 MiB tree PSS, 60 steps (one boundary)
-  at ~1770 MiB. A short run on the 10x data alone would stay in its first epoch and look cheaper.
+  past one epoch of the 10x data, so both runs cross an epoch boundary. That mattered when each
+  epoch's DataLoader workers were forked from the trainer as it was *then* (weights, optimizer
+  state, allocator caches) and copy-on-write later made those pages their own: on 3 CT cases, 30
+  steps (inside epoch 0) peaked at ~1440 MiB tree PSS, 60 steps (one boundary) at ~1770 MiB.
+  Workers now start from a fork server (``trainer/data.make_loader``) and share its pages instead;
+  the boundary is still crossed so that a short run on the 10x data cannot look cheaper.
 
 Each run reports three figures, all for the whole process tree (the main process, build's
-spawned render processes, the DataLoader's forked workers):
+spawned render processes, the fork server and the DataLoader workers it starts):
 
 - ``tree_pss``: peak over time of the summed PSS (proportional set size: pages shared between
-  processes are split among them, so forked workers are not counted twice), sampled every 50 ms;
+  processes are split among them, so workers forked from one parent are not counted twice),
+  sampled every 50 ms;
 - ``tree_rss``: the same with RSS (overcounts shared pages);
 - ``max_rss``: the kernel's peak RSS of the largest single process in the tree (``wait4``),
   which sampling cannot miss.
