@@ -47,12 +47,12 @@ def compare(a: dict[str, float], b: dict[str, float], resamples: int = 10_000, s
     if set(a) != set(b):
         fail(f"the rows measured different cases ({sorted(set(a) ^ set(b))[:3]} ...)")
     cases = sorted(a)
-    gain = np.array([a[c] - b[c] for c in cases])
+    va, vb = np.array([a[c] for c in cases]), np.array([b[c] for c in cases])
+    gain = va - vb
     idx = np.random.default_rng(seed).integers(0, len(gain), size=(resamples, len(gain)))
-    means = gain[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"cases": len(cases), "wins": int((gain > 0).sum()), "mean_a": float(np.mean([a[c] for c in cases])),
-            "mean_b": float(np.mean([b[c] for c in cases])), "mean_gain": float(gain.mean()),
+    lo, hi = np.percentile(gain[idx].mean(axis=1), [2.5, 97.5])
+    return {"cases": len(cases), "wins": int((gain > 0).sum()), "mean_a": float(va.mean()),
+            "mean_b": float(vb.mean()), "mean_gain": float(gain.mean()),
             "median_gain": float(np.median(gain)), "bootstrap_95": [float(lo), float(hi)], "resamples": resamples,
             "per_case_gain": dict(zip(cases, gain.tolist()))}  # fmt: skip
 
