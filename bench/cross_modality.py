@@ -64,9 +64,10 @@ PROTOCOLS = {
 #: row gets the same budget and the same training recipe (`RECIPE`); our rows differ only in the
 #: copies they see and the loss. The peers' rows (5, 6) are their methods as their papers define
 #: them, in our trainer with our network and budget: SLAug makes its own images on the fly from
-#: the originals, GIN-IPA blends three of the stored GIN copies; both get the photometric jitter
-#: only (our per-organ maps would be a third method on top). Row 7 is SLAug on top of our copies:
-#: its images start from the original or, half the time, a GIN or Bezier copy.
+#: the originals, GIN-IPA blends three of the stored GIN copies (row 6) or, as its paper, three GIN
+#: images drawn fresh every step (row 8); both get the photometric jitter only (our per-organ maps
+#: would be a third method on top). Row 7 is SLAug on top of our copies: its images start from the
+#: original or, half the time, a GIN or Bezier copy.
 ROWS = [
     ("ERM (source only)", ("src-train",), "erm", None),
     ("GIN + Dice", ("src-gin",), "dice", None),
@@ -76,6 +77,7 @@ ROWS = [
     ("SLAug (GLA + LLA + SBF), peer", ("src-train",), "slaug", "standard"),
     ("GIN-IPA, peer", ("src-gin",), "gin-ipa", "standard"),
     ("SLAug on originals and GIN + Bezier copies (peer + ours)", ("src-gin", "src-bezier"), "slaug+copies", "standard"),
+    ("GIN-IPA with fresh GIN every step, peer", ("src-train",), "gin-ipa-fresh", "standard"),
 ]
 #: The best row: what the short CI mode checks against ERM.
 BEST = 4

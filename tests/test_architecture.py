@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "styleswap"
 SHARED = ("styleswap.contract", "styleswap.errors", "styleswap.safe_state", "styleswap.checkpoints", "styleswap.hub_publish",
           "styleswap.volumes", "styleswap.accelerator", "styleswap.networks",
-          "styleswap.metrics")
+          "styleswap.metrics", "styleswap.gin")
 
 
 def module_name(path: Path) -> str:
@@ -114,7 +114,7 @@ def test_the_shared_layers_load_no_torch():
     """(`volumes` resizes slices with torch, as ingest always has, and `networks` is the torch
     network definition: they are left out here.)"""
     mods = loaded_after("import styleswap.contract, styleswap.errors, styleswap.safe_state, styleswap.checkpoints, "
-                        "styleswap.hub_publish, styleswap.metrics")
+                        "styleswap.hub_publish, styleswap.metrics, styleswap.gin")
     assert "torch" not in mods and not {m for m in mods if m.startswith(("styleswap.generator", "styleswap.trainer"))}
 
 

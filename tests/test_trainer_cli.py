@@ -114,7 +114,8 @@ def _cfg(data, out, steps, **kw):
 @pytest.mark.parametrize("loss, aug, extra", [
     ("dice+infonce", "none", {}), ("erm", "none", {}), ("dice", "organ", {}),
     ("dice", "lla,standard", {"ema": 0.9, "shear_deg": 10.0, "shift": 0.1, "elastic": 2.0}),
-    ("gin-ipa", "standard", {}), ("slaug", "standard", {}), ("slaug+copies", "standard", {}),
+    ("gin-ipa", "standard", {}), ("gin-ipa-fresh", "standard", {}), ("slaug", "standard", {}),
+    ("slaug+copies", "standard", {}),
 ])  # fmt: skip
 def test_resume_reaches_the_same_weights(tmp_path, loss, aug, extra):
     # 18 rows, batch 4: 5 batches per epoch, so the run crosses an epoch and resumes mid-epoch

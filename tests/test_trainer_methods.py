@@ -78,6 +78,37 @@ def test_ipa_blends_two_views_with_complementary_weights():
     assert torch.equal(out[2], c) and not torch.allclose(out[0], a)
 
 
+def test_fresh_gin_ipa_draws_three_new_gin_networks_per_slice_every_step():
+    from styleswap.gin import gin_forward
+
+    x = torch.zeros(2, 1, 24, 24)
+    x[:, :, 6:18, 8:16] = torch.linspace(0.3, 0.9, 8)  # an organ with a gradient, on air
+    mask = (x > 0).long()
+    views = Views([x], [False], mask, torch.zeros(2, 2))
+    out = derive_step(METHODS["gin-ipa-fresh"], 2)(views, gen(5))
+    assert len(out.images) == 3 and out.is_copy == [True, True, True] and torch.equal(out.mask, mask)
+    # by hand: three seeds per slice from the step's generator, GIN of the original, then IPA's field
+    g = gen(5)
+    seeds = torch.randint(2**62, (6,), generator=g).tolist()
+    gins = gin_forward(x[:, 0].repeat(3, 1, 1), seeds).unsqueeze(1)
+    a, b, c = gins[:2], gins[2:4], gins[4:]
+    torch.testing.assert_close(out.images[0] + out.images[1], a + b)  # IPA redistributes two GIN images
+    assert torch.equal(out.images[2], c)
+    assert all(im.min() >= 0 and im.max() <= 1 for im in out.images)
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)  # three different networks
+    # the same generator replays the step (resume); the next step's draw is new
+    again = derive_step(METHODS["gin-ipa-fresh"], 2)(views, gen(5)).images
+    assert all(torch.equal(p, q) for p, q in zip(again, out.images))
+    other = derive_step(METHODS["gin-ipa-fresh"], 2)(views, gen(6)).images
+    assert not torch.allclose(other[2], out.images[2])
+    # a GIN network is shallow and local: air stays one flat value, the organ's edge stays in place
+    for im in gins[:, 0]:
+        air = im[:4, :4]
+        assert air.max() - air.min() < 1e-5
+        assert (im[12, 7] - im[12, 8]).abs() > 1e-3 or (im[12, 16] - im[12, 15]).abs() > 1e-3
+    assert METHODS["gin-ipa-fresh"].copies == 0 and METHODS["gin-ipa-fresh"].uses_original
+
+
 def test_slaug_derives_gla_and_lla_from_the_original():
     x = torch.rand(2, 1, 16, 16, generator=gen(0))
     mask = torch.zeros(2, 1, 16, 16, dtype=torch.long)
@@ -127,7 +158,7 @@ def test_shear_shift_and_elastic_move_image_and_mask_together():
     assert torch.equal(same, img) and torch.equal(m2, mask)
 
 
-@pytest.mark.parametrize("loss", ["gin-ipa", "slaug", "slaug+copies"])
+@pytest.mark.parametrize("loss", ["gin-ipa", "gin-ipa-fresh", "slaug", "slaug+copies"])
 def test_peer_methods_train_end_to_end(tmp_path, loss):
     from styleswap.trainer.train import TrainConfig, train_segmentation
     from trainer_fixtures import write_dataset
@@ -140,7 +171,7 @@ def test_peer_methods_train_end_to_end(tmp_path, loss):
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[2]) for r in rows]
     assert len(losses) == 3 and all(v == v and v > 0 for v in losses)
-    if loss == "gin-ipa":  # the consistency term is logged in the extra column
+    if loss.startswith("gin-ipa"):  # the consistency term is logged in the extra column
         assert all(float(r.split(",")[4]) >= 0 for r in rows)
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["loss"] == loss
 

@@ -54,7 +54,7 @@ CONFIGS = [
         ("ERM (source only)", "erm", ("src-train",), "standard", (0, 1)),
         ("GIN + Bezier + Dice + InfoNCE (ours)", "dice+infonce", ("src-gin", "src-bezier"), "standard,organ", (0, 1)),
         ("SLAug, peer", "slaug", ("src-train",), "standard", (0,)),
-        ("GIN-IPA, peer", "gin-ipa", ("src-gin",), "standard", (0,)),
+        ("GIN-IPA (fresh GIN every step), peer", "gin-ipa-fresh", ("src-train",), "standard", (0,)),
         ("SLAug on originals and copies (peer + ours)", "slaug+copies", ("src-gin", "src-bezier"), "standard", (0,)),
     ]
 ]

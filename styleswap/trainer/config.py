@@ -16,7 +16,7 @@ from styleswap.networks import ARCHS  # the network definition (shared floor) ow
 from styleswap.volumes.intensity import INPUT_NORMS  # the neutral layer owns what a network reads
 
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
-LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "slaug", "slaug+copies")
+LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "gin-ipa-fresh", "slaug", "slaug+copies")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -49,7 +49,8 @@ class TrainConfig:
     # method and network
     loss: str = option("dice+infonce", "Training method: erm (originals only) | dice (Dice+CE on original and copy) | "
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "
-                       "smooth field, KL consistency; Ouyang et al.) | slaug (global and class-wise location-scale "
+                       "smooth field, KL consistency; Ouyang et al.) | gin-ipa-fresh (gin-ipa on three GIN images of "
+                       "the original drawn every step, as its paper; reads no copies) | slaug (global and class-wise location-scale "
                        "augmentation with saliency-balanced fusion, on the fly; Su et al.) | slaug+copies (slaug, each "
                        "slice's images made from its original or, half the time, one of its copies).")
     arch: str = option("unet", "unet (MONAI UNet) | basicunet | effb2 (FlexibleUNet with a randomly initialised "
@@ -89,7 +90,8 @@ class TrainConfig:
     nce_negatives: str = option("image", "image (CUT: other locations of the same image) | batch (the same location in the "
                                 "other images of the batch, as the Style Swap paper's code; with --nce-layers 3 "
                                 "--nce-temperature 0.2 that is its InfoNCE).")
-    consistency_weight: float = option(10.0, "gin-ipa: weight of the KL consistency between the three views (the paper's 10).")
+    consistency_weight: float = option(10.0, "gin-ipa, gin-ipa-fresh: weight of the KL consistency between the three "
+                                       "views (the paper's 10).")
     # running
     workers: int = option(2, "DataLoader workers per process.")
     buffer_size: int = option(256, "Shuffle buffer (rows).")

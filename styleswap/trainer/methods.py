@@ -9,14 +9,18 @@ dice+infonce   original, one copy                    ``dice`` + w * PatchNCE(ori
 gin-ipa        three copies; copies 1 and 2          Dice + CE on blend 1 + w * KL(each view's
                blended by a random smooth field      prediction || their mean) (GIN-IPA: Ouyang et
                and its complement (IPA)              al., IEEE TMI 2022, arXiv:2111.12525)
+gin-ipa-fresh  as gin-ipa, but three GIN images of   as gin-ipa
+               the original drawn on the fly
 slaug          global (GLA) and class-wise (LLA)     Dice + CE on GLA, then on GLA and LLA fused by
                location-scale images of the          the GLA loss's smoothed input saliency (SBF)
                original, made on the fly             (SLAug: Su et al., AAAI 2023, arXiv:2211.14805)
 =============  ====================================  ===============================================
 
 The copies of ``gin-ipa`` are the dataset's own (``augment build --engine gin``): each step draws
-three different stored copies per slice instead of sampling fresh random networks, so the trainer
-keeps needing nothing but the dataset format. ``slaug+copies`` puts our interventions under
+three different stored copies per slice, so the network sees as many textures of a slice as the
+build rendered. ``gin-ipa-fresh`` trains as the paper does: every step draws three new random GIN
+networks per slice (the shared ``styleswap.gin``, with the engine's defaults) and applies them to
+the original after the geometry, so no texture is ever seen twice. ``slaug+copies`` puts our interventions under
 SLAug's: location-scale remaps intensities only, a GIN copy also changes texture, so half the
 slices start from a texture the source never had. Every random draw comes from the step's generator.
 """
@@ -29,6 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from styleswap.gin import gin_forward
 from styleswap.trainer.augment import Views, classwise_location_scale, global_location_scale, smooth_field
 
 Backward = Callable[[torch.Tensor], None]
@@ -47,6 +52,7 @@ METHODS = {
     "dice": Method("dice", 1, True),
     "dice+infonce": Method("dice+infonce", 1, True),
     "gin-ipa": Method("gin-ipa", 3, False),
+    "gin-ipa-fresh": Method("gin-ipa-fresh", 0, True),
     "slaug": Method("slaug", 0, True),
     "slaug+copies": Method("slaug+copies", 1, True),
 }
@@ -79,11 +85,19 @@ def derive_step(method: Method, num_classes: int):
         return slaug
     if method.name == "gin-ipa":
         def ipa(views: Views, generator: torch.Generator) -> Views:
-            a, b, c = views.images
-            blend = ipa_field(a.shape[0], a.shape[-2:], generator).to(a.device, a.dtype)
-            return replace(views, images=[a * blend + b * (1 - blend), a * (1 - blend) + b * blend, c])
+            return replace(views, images=ipa_blend(*views.images, generator))
 
         return ipa
+    if method.name == "gin-ipa-fresh":
+        def fresh_gin_ipa(views: Views, generator: torch.Generator) -> Views:
+            x = views.images[0]  # (B, 1, H, W), the original after the geometry
+            b = x.shape[0]
+            seeds = torch.randint(2**62, (3 * b,), generator=generator).tolist()  # one network per image
+            with torch.no_grad():
+                gin = gin_forward(x[:, 0].float().repeat(3, 1, 1), seeds).to(x.dtype).unsqueeze(1)
+            return replace(views, images=ipa_blend(*gin.split(b), generator), is_copy=[True, True, True])
+
+        return fresh_gin_ipa
     return None
 
 
@@ -108,6 +122,12 @@ def ipa_field(b: int, size, generator: torch.Generator, grid: int = 6) -> torch.
     return (f - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def ipa_blend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    """IPA: two GIN images blended by a random field and its complement, and the third as it is."""
+    blend = ipa_field(a.shape[0], a.shape[-2:], generator).to(a.device, a.dtype)
+    return [a * blend + b * (1 - blend), a * (1 - blend) + b * blend, c]
+
+
 # --- the step ------------------------------------------------------------------------------------
 def run_step(method: Method, module, views: Views, seg_loss, backward: Backward, autocast, *, layers: list[int],
              nce_weight: float, consistency_weight: float, generator: torch.Generator) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -125,7 +145,7 @@ def run_step(method: Method, module, views: Views, seg_loss, backward: Backward,
             loss = seg if nce is None else seg + nce_weight * nce
         backward(loss)
         return _detached(loss=loss, seg=seg, nce=nce)
-    if method.name == "gin-ipa":
+    if method.name in ("gin-ipa", "gin-ipa-fresh"):
         b = views.images[0].shape[0]
         with autocast():
             logits, _, _ = module(torch.cat(views.images), None, layers)

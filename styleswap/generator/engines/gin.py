@@ -40,24 +40,17 @@ group separately, so a copy is bitwise identical in any batch, and on CPU it mea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-import warnings
+from typing import Any
 
 import numpy as np
 
 from styleswap.errors import StyleSwapError
 from styleswap.generator.engines.base import Copy, CopyRequest, Engine
-
-if TYPE_CHECKING:
-    import torch
+from styleswap.gin import gin_forward  # the networks themselves, shared with the trainer
 
 # torch is imported where copies are computed, not with the module: a build's planner looks the
 # engine up by name, and with --workers N only the render processes need torch (its import is a
 # second of a cheap build's start-up).
-
-NEGATIVE_SLOPE = 0.2
-_EPS = 1e-12
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -65,89 +58,6 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise StyleSwapError(f"gin: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _draw_net(seed: int, layers: int, channels: int, kernel_sizes: tuple[int, ...], kmax: int):
-    """The random net and alpha of one copy, drawn in a fixed order from ``seed`` alone."""
-    import torch
-    import torch.nn.functional as F
-
-    gen = torch.Generator().manual_seed(int(seed))
-    weights: list[torch.Tensor] = []
-    biases: list[torch.Tensor] = []
-    for i in range(layers):
-        cin = 1 if i == 0 else channels
-        cout = 1 if i == layers - 1 else channels
-        k = kernel_sizes[int(torch.randint(len(kernel_sizes), (1,), generator=gen))]
-        w = torch.randn(cout, cin, k, k, generator=gen)
-        b = torch.randn(cout, generator=gen)
-        pad = (kmax - k) // 2
-        if pad:
-            w = F.pad(w, (pad, pad, pad, pad))
-        weights.append(w)
-        biases.append(b)
-    alpha = torch.rand((), generator=gen)
-    return weights, biases, alpha
-
-
-def gin_forward(
-    images: torch.Tensor,
-    seeds: Sequence[int],
-    layers: int = 4,
-    channels: int = 2,
-    kernel_sizes: Sequence[int] = (1, 3),
-    mix: bool = True,
-    return_parts: bool = False,
-):
-    """GIN on a batch: ``images`` (B, H, W) float32 in [0, 1], one seed per image.
-
-    Returns (B, H, W) float32 in [0, 1]. With ``return_parts`` also returns a dict with ``g_s``
-    (net output rescaled to the input's norm), ``alpha`` (B,) and ``mixed`` (before min-max), for
-    tests and inspection.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if images.ndim != 3 or len(seeds) != images.shape[0]:
-        raise StyleSwapError(f"gin: expected (B, H, W) images and B seeds, got {tuple(images.shape)} and {len(seeds)}")
-    ks = tuple(int(k) for k in kernel_sizes)
-    kmax = max(ks)
-    b, h, w = images.shape
-    nets = [_draw_net(s, layers, channels, ks, kmax) for s in seeds]
-    x = images.to(torch.float32)
-    out = x.reshape(1, b, h, w)  # batch folded into channels: one grouped conv per layer
-    p = kmax // 2
-    with warnings.catch_warnings():
-        # flags() also re-sets oneDNN's TF32 switch, which warns about Intel GPUs: irrelevant here.
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        with torch.backends.mkldnn.flags(enabled=False):
-            for i in range(layers):
-                weight = torch.cat([n[0][i] for n in nets], dim=0)
-                bias = torch.cat([n[1][i] for n in nets], dim=0)
-                if p:
-                    out = F.pad(out, (p, p, p, p), mode="replicate")
-                out = F.conv2d(out, weight, bias, groups=b)
-                if i < layers - 1:
-                    out = F.leaky_relu(out, NEGATIVE_SLOPE)
-    g = out.reshape(b, h, w)
-    norm_x = x.reshape(b, -1).norm(dim=1)
-    norm_g = g.reshape(b, -1).norm(dim=1).clamp_min(_EPS)
-    g_s = g * (norm_x / norm_g).view(b, 1, 1)
-    alpha = torch.stack([n[2] for n in nets])
-    if mix:
-        a = alpha.view(b, 1, 1)
-        mixed = a * g_s + (1 - a) * x
-    else:
-        mixed = g_s
-    lo = mixed.amin(dim=(1, 2), keepdim=True)
-    hi = mixed.amax(dim=(1, 2), keepdim=True)
-    span = hi - lo
-    flat = span <= 1e-6
-    result = torch.where(flat, mixed.clamp(0, 1), (mixed - lo) / torch.where(flat, torch.ones_like(span), span))
-    result = result.clamp(0, 1)  # guard rounding just outside [0, 1]
-    if return_parts:
-        return result, {"g_s": g_s, "alpha": alpha, "mixed": mixed}
-    return result
 
 
 class GINEngine(Engine):
