@@ -20,9 +20,10 @@ The copies of ``gin-ipa`` are the dataset's own (``augment build --engine gin``)
 three different stored copies per slice, so the network sees as many textures of a slice as the
 build rendered. ``gin-ipa-fresh`` trains as the paper does: every step draws three new random GIN
 networks per slice (the shared ``styleswap.gin``, with the engine's defaults) and applies them to
-the original after the geometry, so no texture is ever seen twice. ``slaug+copies`` puts our interventions under
-SLAug's: location-scale remaps intensities only, a GIN copy also changes texture, so half the
-slices start from a texture the source never had. Every random draw comes from the step's generator.
+the original after the geometry, so no texture is ever seen twice. ``slaug+copies`` puts our
+interventions under SLAug's: location-scale remaps intensities only, a GIN copy also changes
+texture, so half the slices start from a texture the source never had. Every random draw comes from
+the step's generator.
 """
 
 from __future__ import annotations
