@@ -62,7 +62,7 @@ PROTOCOLS = {
 
 #: (row name, training dataset keys, --loss, --intensity-aug or None for the benchmark's). Every
 #: row gets the same budget and the same training recipe (`RECIPE`); our rows differ only in the
-#: copies they see and the loss. The peers' rows (5, 6) are their methods as their papers define
+#: copies they see and the loss. The peers' rows (5, 6, 8) are their methods as their papers define
 #: them, in our trainer with our network and budget: SLAug makes its own images on the fly from
 #: the originals, GIN-IPA blends three of the stored GIN copies (row 6) or, as its paper, three GIN
 #: images drawn fresh every step (row 8); both get the photometric jitter only (our per-organ maps
