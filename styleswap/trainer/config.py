@@ -50,8 +50,8 @@ class TrainConfig:
     loss: str = option("dice+infonce", "Training method: erm (originals only) | dice (Dice+CE on original and copy) | "
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "
                        "smooth field, KL consistency; Ouyang et al.) | gin-ipa-fresh (gin-ipa on three GIN images of "
-                       "the original drawn every step, as its paper; reads no copies) | slaug (global and class-wise location-scale "
-                       "augmentation with saliency-balanced fusion, on the fly; Su et al.) | slaug+copies (slaug, each "
+                       "the original drawn every step, as its paper; reads no copies) | slaug (global and class-wise "
+                       "location-scale augmentation with saliency-balanced fusion, on the fly; Su et al.) | slaug+copies (slaug, each "
                        "slice's images made from its original or, half the time, one of its copies).")
     arch: str = option("unet", "unet (MONAI UNet) | basicunet | effb2 (FlexibleUNet with a randomly initialised "
                        "EfficientNet-B2 encoder, the peers' network; 11 M parameters).")

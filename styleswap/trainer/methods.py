@@ -95,7 +95,7 @@ def derive_step(method: Method, num_classes: int):
             b = x.shape[0]
             seeds = torch.randint(2**62, (3 * b,), generator=generator).tolist()  # one network per image
             with torch.no_grad():
-                gin = gin_forward(x[:, 0].float().repeat(3, 1, 1), seeds).to(x.dtype).unsqueeze(1)
+                gin = gin_forward(x[:, 0].repeat(3, 1, 1), seeds).to(x.dtype).unsqueeze(1)  # float32 inside
             return replace(views, images=ipa_blend(*gin.split(b), generator), is_copy=[True, True, True])
 
         return fresh_gin_ipa
