@@ -4,20 +4,15 @@ with the same choice of inference (source validation only) and a refusal of othe
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_util import load_bench
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("cross_modality", ROOT / "bench" / "cross_modality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("cross_modality.py", "cross_modality")
 
 
 def metrics(folder: Path, mean: float, liver: float = 0.5) -> None:

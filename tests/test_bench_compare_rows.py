@@ -3,23 +3,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_util import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "compare_rows.py"
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("compare_rows", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("compare_rows.py", "compare_rows")
 
 
 def write_row(W: Path, name: str, seed: int, per_case: dict[str, float]) -> None:

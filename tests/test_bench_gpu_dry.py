@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_util import load_bench
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu" / "diffusion.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_diffusion_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gpu/diffusion.py", "gpu_diffusion_bench")
 
 
 def planned_ids(bench, settings) -> set[str]:
