@@ -62,11 +62,12 @@ PROTOCOLS = {
 
 #: (row name, training dataset keys, --loss, --intensity-aug or None for the benchmark's). Every
 #: row gets the same budget and the same training recipe (`RECIPE`); our rows differ only in the
-#: copies they see and the loss. The peers' rows (5, 6, 8) are their methods as their papers define
+#: copies they see and the loss. The peers' rows (5, 6, 8, 9) are their methods as their papers define
 #: them, in our trainer with our network and budget: SLAug makes its own images on the fly from
 #: the originals, GIN-IPA blends three of the stored GIN copies (row 6) or, as its paper, three GIN
-#: images drawn fresh every step (row 8); both get the photometric jitter only (our per-organ maps
-#: would be a third method on top). Row 7 is SLAug on top of our copies: its images start from the
+#: images drawn fresh every step (row 8), or computes them as its released code (row 9: GIN of the
+#: z-scored slice, unclipped, so the standard protocol only, and no jitter, which clips); the others
+#: get the photometric jitter only (our per-organ maps would be a third method on top). Row 7 is SLAug on top of our copies: its images start from the
 #: original or, half the time, a GIN or Bezier copy.
 ROWS = [
     ("ERM (source only)", ("src-train",), "erm", None),
@@ -78,7 +79,10 @@ ROWS = [
     ("GIN-IPA, peer", ("src-gin",), "gin-ipa", "standard"),
     ("SLAug on originals and GIN + Bezier copies (peer + ours)", ("src-gin", "src-bezier"), "slaug+copies", "standard"),
     ("GIN-IPA with fresh GIN every step, peer", ("src-train",), "gin-ipa-fresh", "standard"),
+    ("GIN-IPA as its released code computes GIN and the blend, peer", ("src-train",), "gin-ipa-released", "none"),
 ]
+#: Losses that read z-scored slices (``--input-norm zscore``): the standard protocol's rows only.
+ZSCORE_ONLY = ("gin-ipa-released",)
 #: The best row: what the short CI mode checks against ERM.
 BEST = 4
 #: The training recipe of every row, chosen in a sweep measured on CT validation and MRI dev
@@ -176,6 +180,8 @@ def main() -> int:
         return 0
     short = args.short
     proto_size, ingest_flags, train_ingest_flags, proto_train = PROTOCOLS[args.protocol]
+    if args.rows and "zscore" not in proto_train and any(ROWS[int(i)][2] in ZSCORE_ONLY for i in args.rows.split(",")):
+        ap.error(f"--rows {args.rows}: --loss {', '.join(ZSCORE_ONLY)} reads z-scored slices, its row needs --protocol standard")
     if args.keep_empty is not None:
         train_ingest_flags = ["--keep-empty", str(args.keep_empty)]
     steps = args.steps or (1000 if short else 5500)
@@ -225,6 +231,7 @@ def main() -> int:
               "qc_min_dice": args.qc_min_dice if args.qc_model else None}  # fmt: skip
     every = max(steps // 10, 10)
     picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else ROWS)
+    picked = [r for r in picked if "zscore" in proto_train or r[2] not in ZSCORE_ONLY]  # all rows: those the protocol can run
     runs = []
     for name, keys, loss, row_aug in picked:
         row_recipe = recipe if row_aug is None else [*RECIPE, "--intensity-aug", row_aug, *proto_train, *extra]

@@ -1,6 +1,7 @@
 """GIN's random shallow convolutional networks, for both halves: the generator renders stored copies
 with them (``augment build --engine gin``), the trainer draws fresh ones every step
-(``train seg --loss gin-ipa-fresh``, as the GIN-IPA paper trains).
+(``train seg --loss gin-ipa-fresh``, as the GIN-IPA paper trains), and ``gin_forward_released``
+computes them as that paper's released code does (``--loss gin-ipa-released``).
 
 Reference: C. Ouyang, C. Chen, S. Li, Z. Li, C. Qin, W. Bai, D. Rueckert, "Causality-inspired
 single-source domain generalization for medical image segmentation", IEEE TMI 2022
@@ -48,6 +49,41 @@ def _draw_net(seed: int, layers: int, channels: int, kernel_sizes: tuple[int, ..
     return weights, biases, alpha
 
 
+def _random_nets(x: torch.Tensor, seeds: Sequence[int], layers: int, channels: int, kernel_sizes: Sequence[int],
+                 pad_mode: str, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image of ``x`` (B, H, W) float32 through its own random net; returns the raw outputs
+    (B, H, W) and each net's mixing weight alpha (B,)."""
+    import torch
+    import torch.nn.functional as F
+
+    if x.ndim != 3 or len(seeds) != x.shape[0]:
+        raise StyleSwapError(f"gin: expected (B, H, W) images and B seeds, got {tuple(x.shape)} and {len(seeds)}")
+    ks = tuple(int(k) for k in kernel_sizes)
+    kmax = max(ks)
+    b, h, w = x.shape
+    nets = [_draw_net(s, layers, channels, ks, kmax) for s in seeds]
+    out = x.reshape(1, b, h, w)  # batch folded into channels: one grouped conv per layer
+    p = kmax // 2
+    with warnings.catch_warnings():
+        # flags() also re-sets oneDNN's TF32 switch, which warns about Intel GPUs: irrelevant here.
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False):
+            for i in range(layers):
+                weight = torch.cat([n[0][i] for n in nets], dim=0).to(x.device)  # drawn on the CPU
+                bias = torch.cat([n[1][i] for n in nets], dim=0).to(x.device)
+                if p:
+                    out = F.pad(out, (p, p, p, p), mode=pad_mode)
+                out = F.conv2d(out, weight, bias, groups=b)
+                if i < layers - 1:
+                    out = F.leaky_relu(out, slope)
+    return out.reshape(b, h, w), torch.stack([n[2] for n in nets]).to(x.device)
+
+
+def _frobenius(x: torch.Tensor) -> torch.Tensor:
+    """Each image's Frobenius norm, shaped (B, 1, 1) to scale (B, H, W)."""
+    return x.reshape(x.shape[0], -1).norm(dim=1).view(-1, 1, 1)
+
+
 def gin_forward(
     images: torch.Tensor,
     seeds: Sequence[int],
@@ -64,36 +100,12 @@ def gin_forward(
     tests and inspection.
     """
     import torch
-    import torch.nn.functional as F
 
-    if images.ndim != 3 or len(seeds) != images.shape[0]:
-        raise StyleSwapError(f"gin: expected (B, H, W) images and B seeds, got {tuple(images.shape)} and {len(seeds)}")
-    ks = tuple(int(k) for k in kernel_sizes)
-    kmax = max(ks)
-    b, h, w = images.shape
-    nets = [_draw_net(s, layers, channels, ks, kmax) for s in seeds]
     x = images.to(torch.float32)
-    out = x.reshape(1, b, h, w)  # batch folded into channels: one grouped conv per layer
-    p = kmax // 2
-    with warnings.catch_warnings():
-        # flags() also re-sets oneDNN's TF32 switch, which warns about Intel GPUs: irrelevant here.
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        with torch.backends.mkldnn.flags(enabled=False):
-            for i in range(layers):
-                weight = torch.cat([n[0][i] for n in nets], dim=0).to(x.device)  # drawn on the CPU
-                bias = torch.cat([n[1][i] for n in nets], dim=0).to(x.device)
-                if p:
-                    out = F.pad(out, (p, p, p, p), mode="replicate")
-                out = F.conv2d(out, weight, bias, groups=b)
-                if i < layers - 1:
-                    out = F.leaky_relu(out, NEGATIVE_SLOPE)
-    g = out.reshape(b, h, w)
-    norm_x = x.reshape(b, -1).norm(dim=1)
-    norm_g = g.reshape(b, -1).norm(dim=1).clamp_min(_EPS)
-    g_s = g * (norm_x / norm_g).view(b, 1, 1)
-    alpha = torch.stack([n[2] for n in nets]).to(x.device)
+    g, alpha = _random_nets(x, seeds, layers, channels, kernel_sizes, pad_mode="replicate", slope=NEGATIVE_SLOPE)
+    g_s = g * (_frobenius(x) / _frobenius(g).clamp_min(_EPS))
     if mix:
-        a = alpha.view(b, 1, 1)
+        a = alpha.view(-1, 1, 1)
         mixed = a * g_s + (1 - a) * x
     else:
         mixed = g_s
@@ -106,3 +118,25 @@ def gin_forward(
     if return_parts:
         return result, {"g_s": g_s, "alpha": alpha, "mixed": mixed}
     return result
+
+
+def gin_forward_released(images: torch.Tensor, seeds: Sequence[int], layers: int = 4, channels: int = 2,
+                         kernel_sizes: Sequence[int] = (1, 3)) -> torch.Tensor:
+    """GIN as the GIN-IPA authors' released code computes it (``train seg --loss gin-ipa-released``).
+
+    ``images`` (B, H, W) are z-scored slices (each minus its volume's mean, over its std), one seed
+    per image. Against `gin_forward`: LeakyReLU's default slope 0.01, zero padding, and the net's
+    raw output is mixed with the input before the mix is rescaled to the input's Frobenius norm, with
+    no min-max, so the result keeps the input's energy but not a fixed range, and a net with a large
+    output outweighs the input whatever alpha says (the original keeps about 0.38 of the mix on
+    average on the benchmark's MRI training slices, against 0.5). Kept from `gin_forward`: per-image kernel sizes (the released code draws
+    one per layer for the whole batch) and one gray channel (it tiles gray to three and keeps three
+    output channels for its 3-channel encoder).
+    """
+    import torch
+
+    x = images.to(torch.float32)
+    g, alpha = _random_nets(x, seeds, layers, channels, kernel_sizes, pad_mode="constant", slope=0.01)
+    a = alpha.view(-1, 1, 1)
+    mixed = a * g + (1 - a) * x
+    return mixed * (_frobenius(x) / _frobenius(mixed).clamp_min(_EPS))

@@ -150,6 +150,16 @@ def normalize_input(x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Te
     return (x - stats[:, :1, None, None]) / stats[:, 1:, None, None].clamp_min(ZSCORE_MIN_STD)
 
 
+def unnormalize_input(x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Tensor:
+    """The inverse of `normalize_input`: what the network reads -> the slice's [0, 1] units."""
+    if mode == "unit":
+        return x
+    if mode != "zscore":
+        raise StyleSwapError(f"unknown input_norm {mode!r} (choose from {', '.join(INPUT_NORMS)})")
+    stats = stats.to(x.device, x.dtype)
+    return x * stats[:, 1:, None, None].clamp_min(ZSCORE_MIN_STD) + stats[:, :1, None, None]
+
+
 def build_model(config: dict[str, Any]) -> SegNet:
     return SegNet(config)
 

@@ -115,11 +115,11 @@ def _cfg(data, out, steps, **kw):
     ("dice+infonce", "none", {}), ("erm", "none", {}), ("dice", "organ", {}),
     ("dice", "lla,standard", {"ema": 0.9, "shear_deg": 10.0, "shift": 0.1, "elastic": 2.0}),
     ("gin-ipa", "standard", {}), ("gin-ipa-fresh", "standard", {}), ("slaug", "standard", {}),
-    ("slaug+copies", "standard", {}),
+    ("slaug+copies", "standard", {}), ("gin-ipa-released", "none", {"input_norm": "zscore"}),
 ])  # fmt: skip
 def test_resume_reaches_the_same_weights(tmp_path, loss, aug, extra):
     # 18 rows, batch 4: 5 batches per epoch, so the run crosses an epoch and resumes mid-epoch
-    data = write_dataset(tmp_path / "d", n_cases=3, slices=6, size=16, copies=3)
+    data = write_dataset(tmp_path / "d", n_cases=3, slices=6, size=16, copies=3, volume_stats="input_norm" in extra)
     train_segmentation(_cfg(data, tmp_path / "full", 7, loss=loss, intensity_aug=aug, **extra))
     train_segmentation(_cfg(data, tmp_path / "part", 3, loss=loss, intensity_aug=aug, **extra))
     state = json.loads((tmp_path / "part" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())

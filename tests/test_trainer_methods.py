@@ -109,6 +109,63 @@ def test_fresh_gin_ipa_draws_three_new_gin_networks_per_slice_every_step():
     assert METHODS["gin-ipa-fresh"].copies == 0 and METHODS["gin-ipa-fresh"].uses_original
 
 
+def test_released_gin_mixes_the_raw_net_output_then_rescales_to_the_input_norm():
+    from styleswap.gin import _draw_net, gin_forward_released
+
+    # one 1x1 layer: the net is w * x + b, so the released GIN is computable by hand
+    z = torch.randn(3, 8, 8, generator=gen(1))  # z-scored slices: negative values are normal
+    seeds = [11, 12, 13]
+    out = gin_forward_released(z, seeds, layers=1, kernel_sizes=(1,))
+    for i, s in enumerate(seeds):
+        (w,), (b,), alpha = _draw_net(s, 1, 2, (1,), 1)
+        mixed = alpha * (w.item() * z[i] + b.item()) + (1 - alpha) * z[i]
+        torch.testing.assert_close(out[i], mixed * z[i].norm() / mixed.norm())
+    torch.testing.assert_close(out.flatten(1).norm(dim=1), z.flatten(1).norm(dim=1))  # the input's energy
+    assert out.min() < 0  # no min-max to [0, 1]
+    # zero padding: a 3x3 net of a constant slice darkens its border, where replicate would not
+    deep = gin_forward_released(torch.ones(4, 12, 12), [1, 2, 3, 4])
+    assert any((im[0, 6] - im[6, 6]).abs() > 1e-4 for im in deep)
+    assert all((im[3:9, 3:9] - im[6, 6]).abs().max() < 1e-5 for im in deep)  # the inside stays flat
+
+
+def test_released_gin_ipa_feeds_the_network_its_gin_of_the_z_scored_slice():
+    from styleswap.gin import gin_forward_released
+    from styleswap.trainer.model import normalize_input
+
+    x = torch.rand(2, 1, 24, 24, generator=gen(2)) * 0.5
+    stats = torch.tensor([[0.2, 0.1], [0.3, 0.2]])  # each slice's volume mean and std
+    views = Views([x], [False], torch.zeros(2, 1, 24, 24, dtype=torch.long), stats)
+    out = derive_step(METHODS["gin-ipa-released"], 2)(views, gen(5))
+    assert len(out.images) == 3 and out.is_copy == [True, True, True]
+    g = gen(5)  # by hand: the same seeds, GIN of the z-scored slice; what the network reads after Normalize
+    seeds = torch.randint(2**62, (6,), generator=g).tolist()
+    z = ((x - stats[:, :1, None, None]) / stats[:, 1:, None, None])[:, 0].repeat(3, 1, 1)
+    gins = gin_forward_released(z, seeds).unsqueeze(1)
+    read = [normalize_input(im, stats, "zscore") for im in out.images]
+    torch.testing.assert_close(read[2], gins[4:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(read[0] + read[1], gins[:2] + gins[2:4], atol=1e-5, rtol=1e-5)  # IPA redistributes
+    assert not torch.allclose(read[0], gins[:2], atol=1e-3)
+
+
+def test_released_ipa_field_spreads_weights_where_the_log_normal_one_peaks():
+    lin = ipa_field(16, (32, 32), gen(8), log_normal=False)
+    log = ipa_field(16, (32, 32), gen(8))
+    assert lin.min() >= 0 and lin.max() <= 1 + 1e-6 and torch.all(lin.amax(dim=(2, 3)) > 0.99)
+    # same draws: min-max of a convex increasing map of the field lies below min-max of the field
+    assert torch.all(log <= lin + 1e-5) and (lin - log).mean() > 0.05
+
+
+def test_released_gin_ipa_is_refused_without_zscore_or_with_clipping_jitter():
+    from styleswap.errors import StyleSwapError
+    from styleswap.trainer.config import TrainConfig
+
+    ok = dict(data=["d"], out="o", loss="gin-ipa-released", input_norm="zscore")
+    TrainConfig(**ok).validate()
+    for bad in ({"input_norm": "unit"}, {"intensity_aug": "standard"}):
+        with pytest.raises(StyleSwapError, match="gin-ipa-released needs --input-norm zscore and --intensity-aug none"):
+            TrainConfig(**{**ok, **bad}).validate()
+
+
 def test_slaug_derives_gla_and_lla_from_the_original():
     x = torch.rand(2, 1, 16, 16, generator=gen(0))
     mask = torch.zeros(2, 1, 16, 16, dtype=torch.long)
@@ -158,15 +215,17 @@ def test_shear_shift_and_elastic_move_image_and_mask_together():
     assert torch.equal(same, img) and torch.equal(m2, mask)
 
 
-@pytest.mark.parametrize("loss", ["gin-ipa", "gin-ipa-fresh", "slaug", "slaug+copies"])
+@pytest.mark.parametrize("loss", ["gin-ipa", "gin-ipa-fresh", "gin-ipa-released", "slaug", "slaug+copies"])
 def test_peer_methods_train_end_to_end(tmp_path, loss):
     from styleswap.trainer.train import TrainConfig, train_segmentation
     from trainer_fixtures import write_dataset
 
-    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16, copies=3)
+    released = loss == "gin-ipa-released"  # z-scored input and no jitter, as its released code
+    data = write_dataset(tmp_path / "d", n_cases=2, slices=4, size=16, copies=3, volume_stats=released)
     summary = train_segmentation(TrainConfig(data=[str(data)], out=str(tmp_path / "run"), steps=3, batch_size=4, channels=4,
                                              depth=3, num_res_units=1, workers=0, loss=loss, progress=False, log_every=1,
-                                             checkpoint_every=3, intensity_aug="standard"))  # fmt: skip
+                                             checkpoint_every=3, intensity_aug="none" if released else "standard",
+                                             input_norm="zscore" if released else "unit"))  # fmt: skip
     assert summary["steps"] == 3
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[2]) for r in rows]

@@ -16,7 +16,7 @@ from styleswap.networks import ARCHS  # the network definition (shared floor) ow
 from styleswap.volumes.intensity import INPUT_NORMS  # the neutral layer owns what a network reads
 
 #: The training methods (``--loss``); see `styleswap.trainer.methods`.
-LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "gin-ipa-fresh", "slaug", "slaug+copies")
+LOSSES = ("erm", "dice", "dice+infonce", "gin-ipa", "gin-ipa-fresh", "gin-ipa-released", "slaug", "slaug+copies")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 INTENSITY_AUGS = ("standard", "organ", "bias", "lla")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -50,7 +50,9 @@ class TrainConfig:
     loss: str = option("dice+infonce", "Training method: erm (originals only) | dice (Dice+CE on original and copy) | "
                        "dice+infonce (+ PatchNCE between their features) | gin-ipa (three copies, two blended by a random "
                        "smooth field, KL consistency; Ouyang et al.) | gin-ipa-fresh (gin-ipa on three GIN images of "
-                       "the original drawn every step, as its paper; reads no copies) | slaug (global and class-wise "
+                       "the original drawn every step, as its paper; reads no copies) | gin-ipa-released (gin-ipa-fresh with GIN "
+                       "and the blending field as the authors' released code: on the z-scored slice, unclipped; needs "
+                       "--input-norm zscore and no --intensity-aug) | slaug (global and class-wise "
                        "location-scale augmentation with saliency-balanced fusion, on the fly; Su et al.) | slaug+copies (slaug, each "
                        "slice's images made from its original or, half the time, one of its copies).")
     arch: str = option("unet", "unet (MONAI UNet) | basicunet | effb2 (FlexibleUNet with a randomly initialised "
@@ -90,7 +92,7 @@ class TrainConfig:
     nce_negatives: str = option("image", "image (CUT: other locations of the same image) | batch (the same location in the "
                                 "other images of the batch, as the Style Swap paper's code; with --nce-layers 3 "
                                 "--nce-temperature 0.2 that is its InfoNCE).")
-    consistency_weight: float = option(10.0, "gin-ipa, gin-ipa-fresh: weight of the KL consistency between the three "
+    consistency_weight: float = option(10.0, "gin-ipa, gin-ipa-fresh, gin-ipa-released: weight of the KL consistency between the three "
                                        "views (the paper's 10).")
     # running
     workers: int = option(2, "DataLoader workers per process.")
@@ -131,6 +133,10 @@ class TrainConfig:
             raise StyleSwapError(f"--min-qc-dice must be within [0, 1], got {self.min_qc_dice}")
         if not 0.0 <= self.ema < 1.0:
             raise StyleSwapError(f"--ema must be within [0, 1), got {self.ema}")
+        if self.loss == "gin-ipa-released" and (self.input_norm != "zscore" or self.intensity_augs()):
+            # its GIN works on z-scored slices and leaves them unclipped; the jitter and the copy maps clip to [0, 1]
+            raise StyleSwapError("--loss gin-ipa-released needs --input-norm zscore and --intensity-aug none "
+                                 f"(got {self.input_norm} and {self.intensity_aug})")
         if self.resume and self.overwrite:
             raise StyleSwapError("--resume continues the run in --out and --overwrite replaces it: give one of them")
 

@@ -11,6 +11,8 @@ gin-ipa        three copies; copies 1 and 2          Dice + CE on blend 1 + w * 
                and its complement (IPA)              al., IEEE TMI 2022, arXiv:2111.12525)
 gin-ipa-fresh  as gin-ipa, but three GIN images of   as gin-ipa
                the original drawn on the fly
+gin-ipa-       as gin-ipa-fresh, GIN and the field   as gin-ipa
+released       as the authors' released code
 slaug          global (GLA) and class-wise (LLA)     Dice + CE on GLA, then on GLA and LLA fused by
                location-scale images of the          the GLA loss's smoothed input saliency (SBF)
                original, made on the fly             (SLAug: Su et al., AAAI 2023, arXiv:2211.14805)
@@ -20,7 +22,11 @@ The copies of ``gin-ipa`` are the dataset's own (``augment build --engine gin``)
 three different stored copies per slice, so the network sees as many textures of a slice as the
 build rendered. ``gin-ipa-fresh`` trains as the paper does: every step draws three new random GIN
 networks per slice (the shared ``styleswap.gin``, with the engine's defaults) and applies them to
-the original after the geometry, so no texture is ever seen twice. ``slaug+copies`` puts our
+the original after the geometry, so no texture is ever seen twice. ``gin-ipa-released`` computes
+them as the paper's released code does (`styleswap.gin.gin_forward_released`: on the z-scored
+slice, unclipped) and blends them by its field (a smooth Gaussian field rescaled to [0, 1], where
+``gin-ipa`` takes a log-normal one), so the row measures the peer as its authors ran it, not only
+as its paper describes it. ``slaug+copies`` puts our
 interventions under SLAug's: location-scale remaps intensities only, a GIN copy also changes
 texture, so half the slices start from a texture the source never had. Every random draw comes from
 the step's generator.
@@ -34,8 +40,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from styleswap.gin import gin_forward
+from styleswap.gin import gin_forward, gin_forward_released
 from styleswap.trainer.augment import Views, classwise_location_scale, global_location_scale, smooth_field
+from styleswap.trainer.model import normalize_input, unnormalize_input
 
 Backward = Callable[[torch.Tensor], None]
 
@@ -54,6 +61,7 @@ METHODS = {
     "dice+infonce": Method("dice+infonce", 1, True),
     "gin-ipa": Method("gin-ipa", 3, False),
     "gin-ipa-fresh": Method("gin-ipa-fresh", 0, True),
+    "gin-ipa-released": Method("gin-ipa-released", 0, True),
     "slaug": Method("slaug", 0, True),
     "slaug+copies": Method("slaug+copies", 1, True),
 }
@@ -89,14 +97,21 @@ def derive_step(method: Method, num_classes: int):
             return replace(views, images=ipa_blend(*views.images, generator))
 
         return ipa
-    if method.name == "gin-ipa-fresh":
+    if method.name in ("gin-ipa-fresh", "gin-ipa-released"):
+        released = method.name == "gin-ipa-released"
+
         def fresh_gin_ipa(views: Views, generator: torch.Generator) -> Views:
             x = views.images[0]  # (B, 1, H, W), the original after the geometry
             b = x.shape[0]
             seeds = torch.randint(2**62, (3 * b,), generator=generator).tolist()  # one network per image
             with torch.no_grad():
-                gin = gin_forward(x[:, 0].repeat(3, 1, 1), seeds).to(x.dtype).unsqueeze(1)  # float32 inside
-            return replace(views, images=ipa_blend(*gin.split(b), generator), is_copy=[True, True, True])
+                if released:  # GIN of the z-scored slice, put back in the slice's units for the Normalize step
+                    z = normalize_input(x, views.stats, "zscore")[:, 0].repeat(3, 1, 1)
+                    gin = unnormalize_input(gin_forward_released(z, seeds).unsqueeze(1), views.stats.repeat(3, 1), "zscore")
+                else:
+                    gin = gin_forward(x[:, 0].repeat(3, 1, 1), seeds).unsqueeze(1)  # float32 inside
+            images = ipa_blend(*gin.to(x.dtype).split(b), generator, log_normal=not released)
+            return replace(views, images=images, is_copy=[True, True, True])
 
         return fresh_gin_ipa
     return None
@@ -114,18 +129,25 @@ def saliency_map(grad: torch.Tensor, grid: int = 3) -> torch.Tensor:
     return (s - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def ipa_field(b: int, size, generator: torch.Generator, grid: int = 6) -> torch.Tensor:
+def ipa_field(b: int, size, generator: torch.Generator, grid: int = 6, log_normal: bool = True) -> torch.Tensor:
     """GIN-IPA's blending weights: a log-normal random field on a ``grid`` x ``grid`` lattice of
-    control points, upsampled smoothly, rescaled to [0, 1] per image; (B, 1, H, W)."""
-    f = torch.exp(smooth_field(torch.randn(b, 1, grid, grid, generator=generator), size))
+    control points, upsampled smoothly, rescaled to [0, 1] per image; (B, 1, H, W).
+
+    ``log_normal=False`` leaves out the exponential, as the released code in effect does (its
+    control points are normalised to unit L2 norm over the batch, so the exponential of such small
+    values is nearly linear): weights spread evenly over [0, 1] instead of a few bright bumps on a dark
+    field."""
+    f = smooth_field(torch.randn(b, 1, grid, grid, generator=generator), size)
+    f = torch.exp(f) if log_normal else f
     lo = f.amin(dim=(2, 3), keepdim=True)
     hi = f.amax(dim=(2, 3), keepdim=True)
     return (f - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def ipa_blend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+def ipa_blend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, generator: torch.Generator,
+              log_normal: bool = True) -> list[torch.Tensor]:
     """IPA: two GIN images blended by a random field and its complement, and the third as it is."""
-    blend = ipa_field(a.shape[0], a.shape[-2:], generator).to(a.device, a.dtype)
+    blend = ipa_field(a.shape[0], a.shape[-2:], generator, log_normal=log_normal).to(a.device, a.dtype)
     return [a * blend + b * (1 - blend), a * (1 - blend) + b * blend, c]
 
 
@@ -146,7 +168,7 @@ def run_step(method: Method, module, views: Views, seg_loss, backward: Backward,
             loss = seg if nce is None else seg + nce_weight * nce
         backward(loss)
         return _detached(loss=loss, seg=seg, nce=nce)
-    if method.name in ("gin-ipa", "gin-ipa-fresh"):
+    if method.name in ("gin-ipa", "gin-ipa-fresh", "gin-ipa-released"):
         b = views.images[0].shape[0]
         with autocast():
             logits, _, _ = module(torch.cat(views.images), None, layers)
