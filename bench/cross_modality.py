@@ -67,8 +67,9 @@ PROTOCOLS = {
 #: the originals, GIN-IPA blends three of the stored GIN copies (row 6) or, as its paper, three GIN
 #: images drawn fresh every step (row 8), or computes them as its released code (row 9: GIN of the
 #: z-scored slice, unclipped, so the standard protocol only, and no jitter, which clips); the others
-#: get the photometric jitter only (our per-organ maps would be a third method on top). Row 7 is SLAug on top of our copies: its images start from the
-#: original or, half the time, a GIN or Bezier copy.
+#: get the photometric jitter only (our per-organ maps would be a third method on top). Row 7 is
+#: SLAug on top of our copies: its images start from the original or, half the time, a GIN or
+#: Bezier copy.
 ROWS = [
     ("ERM (source only)", ("src-train",), "erm", None),
     ("GIN + Dice", ("src-gin",), "dice", None),
@@ -230,8 +231,8 @@ def main() -> int:
               "qc_model": str(args.qc_model) if args.qc_model else None,
               "qc_min_dice": args.qc_min_dice if args.qc_model else None}  # fmt: skip
     every = max(steps // 10, 10)
-    picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else ROWS)
-    picked = [r for r in picked if "zscore" in proto_train or r[2] not in ZSCORE_ONLY]  # all rows: those the protocol can run
+    every_row = [r for r in ROWS if "zscore" in proto_train or r[2] not in ZSCORE_ONLY]  # those the protocol can run
+    picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else every_row)
     runs = []
     for name, keys, loss, row_aug in picked:
         row_recipe = recipe if row_aug is None else [*RECIPE, "--intensity-aug", row_aug, *proto_train, *extra]

@@ -129,9 +129,9 @@ def gin_forward_released(images: torch.Tensor, seeds: Sequence[int], layers: int
     raw output is mixed with the input before the mix is rescaled to the input's Frobenius norm, with
     no min-max, so the result keeps the input's energy but not a fixed range, and a net with a large
     output outweighs the input whatever alpha says (the original keeps about 0.38 of the mix on
-    average on the benchmark's MRI training slices, against 0.5). Kept from `gin_forward`: per-image kernel sizes (the released code draws
-    one per layer for the whole batch) and one gray channel (it tiles gray to three and keeps three
-    output channels for its 3-channel encoder).
+    average on the benchmark's MRI training slices, against 0.5). Kept from `gin_forward`: kernel
+    sizes drawn per image (the released code draws one per layer for the whole batch) and one gray
+    channel (it tiles gray to three and keeps three output channels for its 3-channel encoder).
     """
     import torch
 

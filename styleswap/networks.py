@@ -150,12 +150,8 @@ def normalize_input(x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Te
     return (x - stats[:, :1, None, None]) / stats[:, 1:, None, None].clamp_min(ZSCORE_MIN_STD)
 
 
-def unnormalize_input(x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Tensor:
-    """The inverse of `normalize_input`: what the network reads -> the slice's [0, 1] units."""
-    if mode == "unit":
-        return x
-    if mode != "zscore":
-        raise StyleSwapError(f"unknown input_norm {mode!r} (choose from {', '.join(INPUT_NORMS)})")
+def zscore_inverse(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalize_input`'s ``zscore``: z-scored images -> the slice's [0, 1] units."""
     stats = stats.to(x.device, x.dtype)
     return x * stats[:, 1:, None, None].clamp_min(ZSCORE_MIN_STD) + stats[:, :1, None, None]
 

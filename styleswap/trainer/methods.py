@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from styleswap.gin import gin_forward, gin_forward_released
 from styleswap.trainer.augment import Views, classwise_location_scale, global_location_scale, smooth_field
-from styleswap.trainer.model import normalize_input, unnormalize_input
+from styleswap.trainer.model import normalize_input, zscore_inverse
 
 Backward = Callable[[torch.Tensor], None]
 
@@ -107,7 +107,7 @@ def derive_step(method: Method, num_classes: int):
             with torch.no_grad():
                 if released:  # GIN of the z-scored slice, put back in the slice's units for the Normalize step
                     z = normalize_input(x, views.stats, "zscore")[:, 0].repeat(3, 1, 1)
-                    gin = unnormalize_input(gin_forward_released(z, seeds).unsqueeze(1), views.stats.repeat(3, 1), "zscore")
+                    gin = zscore_inverse(gin_forward_released(z, seeds).unsqueeze(1), views.stats.repeat(3, 1))
                 else:
                     gin = gin_forward(x[:, 0].repeat(3, 1, 1), seeds).unsqueeze(1)  # float32 inside
             images = ipa_blend(*gin.to(x.dtype).split(b), generator, log_normal=not released)

@@ -24,7 +24,7 @@ from styleswap.networks import (  # noqa: F401  (re-exported: every existing imp
     normalize_input,
     read_config,
     resolve_model_dir,
-    unnormalize_input,
+    zscore_inverse,
 )
 
 
