@@ -41,3 +41,36 @@ def test_cross_modality_gpu_script_dry_run(shared_data, tmp_path):
     mr2ct = next(r for r in final if r["direction"] == "mr2ct")
     assert len(mr2ct["target"]["per_case"]) == 30  # all CT volumes, measured here
     assert "mr2ct | GIN + Bezier + Dice + InfoNCE (ours)" in table
+
+
+def test_every_gpu_run_is_a_command_train_seg_accepts(tmp_path, monkeypatch):
+    """The dry run trains three of the runs; the peers' runs are checked here, so that none is
+    refused by ``train seg`` only once GPU time is being spent (each row's loss with its jitter and
+    the shared recipe, both directions)."""
+    from typer.testing import CliRunner
+
+    import styleswap.trainer.train as train_mod
+    from styleswap.trainer.cli import app
+    from bench_util import load_bench
+
+    gpu_script = load_bench("gpu/cross_modality.py", "gpu_cross_modality")
+    accepted = []
+
+    def validate_only(config):
+        config.validate()
+        accepted.append((config.loss, config.intensity_aug, config.mixed_precision, tuple(config.data)))
+        return {"steps": 0, "out": config.out, "best_val_mean_dice": None}
+
+    monkeypatch.setattr(train_mod, "train_segmentation", validate_only)
+    refused = []
+    for d, name, loss, keys, aug, seeds in gpu_script.CONFIGS:
+        for seed in seeds:
+            args = gpu_script.seg_args([tmp_path / d / k for k in keys], tmp_path / d / "src-val", tmp_path / "runs" / name,
+                                       loss, aug, seed, 32, 8000, 2, True)  # fmt: skip
+            result = CliRunner().invoke(app, args)
+            if result.exit_code:
+                refused.append(f"{d} {name}: {result.output.strip()[-300:]}")
+    assert not refused, refused
+    runs = sum(len(c[-1]) for c in gpu_script.CONFIGS)
+    assert len(accepted) == runs and all(a[2] == "bf16" for a in accepted)
+    assert {a[0] for a in accepted} == {c[2] for c in gpu_script.CONFIGS}

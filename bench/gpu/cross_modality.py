@@ -166,12 +166,8 @@ def run(args) -> int:
             continue  # dry: three runs prove the flow (the peers' methods have their own tests)
         for seed in seeds[:1] if args.dry else seeds:
             slug = f"{d}-{loss.replace('+', '-')}-s{seed}"
-            cmd = cli("train") + ["seg", *[a for k in keys for a in ("--data", str(data(d, k)))], "--val", str(data(d, "src-val")),
-                                  "--out", str(work / "runs" / slug), "--loss", loss, "--intensity-aug", aug, *RECIPE,
-                                  "--channels", str(channels), "--steps", str(steps), "--seed", str(seed), "--workers", str(workers),
-                                  "--val-every", str(max(steps // 10, 5)), "--checkpoint-every", str(max(steps // 10, 5)),
-                                  "--log-every", str(max(steps // 50, 1)), "--no-progress",
-                                  *(["--mixed-precision", "bf16"] if gpu else [])]  # fmt: skip
+            cmd = cli("train") + seg_args([data(d, k) for k in keys], data(d, "src-val"), work / "runs" / slug, loss, aug,
+                                          seed, channels, steps, workers, gpu)  # fmt: skip
             runs.append({"direction": d, "row": name, "loss": loss, "seed": seed, "slug": slug, "cmd": cmd})
     eval_reserve = 180 if gpu else 0  # ~60 evaluations, 8 at a time
     procs = []
@@ -228,6 +224,15 @@ def run(args) -> int:
     (out / "results.md").write_text(table)
     print(table, flush=True)
     return 0
+
+
+def seg_args(data: list[Path], val: Path, out: Path, loss: str, aug: str, seed: int, channels: int, steps: int,
+             workers: int, gpu: bool) -> list[str]:
+    """``train seg`` arguments of one run: its row's loss, data and jitter on the shared recipe."""
+    return ["seg", *[a for d in data for a in ("--data", str(d))], "--val", str(val), "--out", str(out), "--loss", loss,
+            "--intensity-aug", aug, *RECIPE, "--channels", str(channels), "--steps", str(steps), "--seed", str(seed),
+            "--workers", str(workers), "--val-every", str(max(steps // 10, 5)), "--checkpoint-every", str(max(steps // 10, 5)),
+            "--log-every", str(max(steps // 50, 1)), "--no-progress", *(["--mixed-precision", "bf16"] if gpu else [])]  # fmt: skip
 
 
 def _last_step(run_dir: Path) -> int:
