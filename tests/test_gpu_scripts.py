@@ -58,7 +58,7 @@ def test_every_gpu_run_is_a_command_train_seg_accepts(tmp_path, monkeypatch):
 
     def validate_only(config):
         config.validate()
-        accepted.append((config.loss, config.intensity_aug, config.mixed_precision, tuple(config.data)))
+        accepted.append((config.loss, config.mixed_precision))
         return {"steps": 0, "out": config.out, "best_val_mean_dice": None}
 
     monkeypatch.setattr(train_mod, "train_segmentation", validate_only)
