@@ -72,5 +72,5 @@ def test_every_gpu_run_is_a_command_train_seg_accepts(tmp_path, monkeypatch):
                 refused.append(f"{d} {name}: {result.output.strip()[-300:]}")
     assert not refused, refused
     runs = sum(len(c[-1]) for c in gpu_script.CONFIGS)
-    assert len(accepted) == runs and all(a[2] == "bf16" for a in accepted)
+    assert len(accepted) == runs and all(a[1] == "bf16" for a in accepted)
     assert {a[0] for a in accepted} == {c[2] for c in gpu_script.CONFIGS}
