@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_util import load_bench
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu" / "cross_modality.py"
@@ -51,7 +52,6 @@ def test_every_gpu_run_is_a_command_train_seg_accepts(tmp_path, monkeypatch):
 
     import styleswap.trainer.train as train_mod
     from styleswap.trainer.cli import app
-    from bench_util import load_bench
 
     gpu_script = load_bench("gpu/cross_modality.py", "gpu_cross_modality")
     accepted = []

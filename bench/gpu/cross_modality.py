@@ -163,7 +163,7 @@ def run(args) -> int:
     runs = []
     for d, name, loss, keys, aug, seeds in CONFIGS:
         if args.dry and ("peer" in name or (d == "mr2ct" and loss == "erm")):
-            continue  # dry: three runs prove the flow (the peers' methods have their own tests)
+            continue  # dry: three runs prove the flow (every run's arguments: tests/test_gpu_scripts.py)
         for seed in seeds[:1] if args.dry else seeds:
             slug = f"{d}-{loss.replace('+', '-')}-s{seed}"
             cmd = cli("train") + seg_args([data(d, k) for k in keys], data(d, "src-val"), work / "runs" / slug, loss, aug,
