@@ -162,6 +162,9 @@ def test_prediction_on_a_real_mri_scores_what_raw_eval_scores(shared_data, tmp_p
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for organ, value in by_hand.items():
         assert metrics["per_case"][case][organ] * 100 == pytest.approx(value * 100, abs=0.5), organ
+    # its confusion counts every voxel of the scan's own grid under its true label
+    confusion = np.array(metrics["per_case"][case]["confusion"])
+    assert confusion.sum(axis=1).tolist() == np.bincount(gt.ravel().astype(np.int64), minlength=5).tolist()
 
 
 # --- train push ------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from torch import nn
 from styleswap.trainer.data import open_dataset
 from styleswap.trainer.evaluate import (
     class_counts,
+    confusion_matrix,
+    counts_from_confusion,
     dice_from_counts,
     dice_per_organ,
     INFERENCE_OPTIONS,
@@ -72,6 +74,40 @@ def test_summary_excludes_nan_and_keeps_false_positives():
     assert "| liver | 75.0 | 25.0 | 2 |" in metrics_markdown(m)
 
 
+def test_confusion_matrix_by_hand_and_the_dice_sums_it_holds():
+    gt = np.array([[1, 1, 1, 1], [2, 2, 0, 0]])
+    pred = np.array([[1, 1, 2, 0], [2, 1, 0, 2]])
+    # rows: ground truth 0, 1, 2; columns: predicted 0, 1, 2
+    want = np.array([[1, 0, 1],  # background: one kept, one called organ 2
+                     [1, 2, 1],  # organ 1: two found, one missed, one taken for organ 2
+                     [0, 1, 1]])  # organ 2: one found, one taken for organ 1
+    conf = confusion_matrix(pred, gt, 3)
+    assert np.array_equal(conf, want)
+    inter, psum, gsum = counts_from_confusion(conf)
+    assert inter.tolist() == [2, 1] and psum.tolist() == [3, 3] and gsum.tolist() == [4, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p, g = rng.integers(0, 5, (2, 7, 9))
+        assert all(np.array_equal(a, b) for a, b in zip(counts_from_confusion(confusion_matrix(p, g, 5)), class_counts(p, g, 5)))
+    with pytest.raises(ValueError, match="label id 3"):
+        confusion_matrix(np.array([3]), np.array([0]), 3)
+
+
+def test_summary_says_where_missed_voxels_went():
+    # case a: 4 liver voxels, 3 found and 1 missed; case b: 4 spleen voxels, 1 missed, 3 taken for liver
+    conf = {"a": np.array([[10, 0, 0], [1, 3, 0], [0, 0, 0]]), "b": np.array([[8, 0, 0], [0, 0, 0], [1, 3, 0]])}
+    case_dice = {c: dice_from_counts(*counts_from_confusion(v)) for c, v in conf.items()}
+    m = summarize(case_dice, ["liver", "spleen"], case_confusion=conf)
+    assert m["confusion"]["classes"] == ["background", "liver", "spleen"]
+    assert m["confusion"]["voxels"] == [[18, 0, 0], [1, 3, 0], [1, 3, 0]]
+    assert m["per_case"]["b"]["confusion"] == [[8, 0, 0], [0, 0, 0], [1, 3, 0]]
+    assert m["per_case"]["b"]["spleen"] == 0.0 and m["per_case"]["b"]["liver"] == 0.0  # liver: 3 false positives
+    json.dumps(m)
+    md = metrics_markdown(m)
+    assert "| ground truth | background | liver | spleen |" in md
+    assert "| liver | 25.0 | 75.0 | 0.0 |" in md and "| spleen | 25.0 | 75.0 | 0.0 |" in md
+
+
 class ThresholdModel(nn.Module):
     """Stub network: disk (0.8) -> 1, square (0.5) -> 2, else 0; or a fixed label everywhere."""
 
@@ -99,6 +135,11 @@ def test_evaluate_info_groups_slices_by_case(tmp_path):
     bad, _ = evaluate_info(ThresholdModel(fixed=1), info, batch_size=4)
     assert bad["per_organ"]["square"]["mean"] == 0.0
     assert bad["per_organ"]["disk"]["mean"] < 0.4
+    # ... and the confusion says where the square went: all of it to "disk", as every voxel did
+    (bg, disk, square) = bad["confusion"]["voxels"]
+    assert square[2] == 0 and square[0] == 0 and square[1] > 0 and bg[0] == 0
+    assert sum(map(sum, bad["confusion"]["voxels"])) == 15 * np.prod(info.image_size)
+    assert bad["confusion"]["voxels"] == np.sum([bad["per_case"][c]["confusion"] for c in bad["per_case"]], axis=0).tolist()
 
 
 class IslandModel(ThresholdModel):
@@ -133,6 +174,14 @@ def test_one_pass_over_every_option_scores_each_as_alone(tmp_path):
     assert disk["plain"] == disk["fill-holes"] < clean["per_organ"]["disk"]["mean"] - 0.01
     for name in ("tta", "largest-component", "tta+largest-component", "tta+fill-holes+largest-component"):
         assert disk[name] == pytest.approx(clean["per_organ"]["disk"]["mean"], abs=1e-12)
+    # the confusion follows the post-processing: the island's voxels, background in truth, are
+    # counted as disk on plain inference and as background once the largest component is kept
+    # (the fixture's squares are no single 3D body, so the square's row changes too: not asserted)
+    island = 3 * 5 * 4  # cases x slices x a 2 x 2 island
+    plain = np.array(together[INFERENCE_OPTIONS[0]][0]["confusion"]["voxels"])
+    kept = np.array(together[Inference(largest_component=True)][0]["confusion"]["voxels"])
+    assert plain[0, 1] - kept[0, 1] == island and plain[0, 2] == kept[0, 2]
+    assert np.array_equal(plain[1], kept[1])  # the disk's own voxels: untouched
 
 
 def test_fill_holes_gives_an_organ_what_it_encloses_in_3d():

@@ -1,8 +1,9 @@
 """3D per-organ evaluation of a segmentation model on a dataset folder.
 
 Slices are grouped by ``case_id`` (their ``slice_index`` orders them), and Dice is computed per
-organ over the whole case volume. Since Dice over a volume only needs per-class sums,
-``|P & G|``, ``|P|`` and ``|G|`` are accumulated slice by slice; volumes are kept only for HD95.
+organ over the whole case volume. Since Dice over a volume only needs per-class sums
+(``|P & G|``, ``|P|``, ``|G|``), each case's confusion matrix, which holds them, is accumulated
+slice by slice; volumes are kept only for post-processing and HD95.
 
 Conventions (tested):
 
@@ -13,6 +14,9 @@ Conventions (tested):
 * ``per_case[case]["mean"]``: mean over that case's defined organs.
 * ``mean_dice``: mean over organs of ``per_organ[name]["mean"]`` (the papers' "average Dice");
   ``mean_dice_std``: std over cases of ``per_case[case]["mean"]``.
+* ``confusion`` (and ``per_case[case]["confusion"]``): voxel counts, row = ground-truth class,
+  column = predicted class, background first, summed over cases: where an organ's voxels went
+  when they were missed (to background, or to another organ), which Dice alone does not say.
 * HD95 (optional, mm, ``monai.metrics.compute_hausdorff_distance`` with the case's spacing): NaN
   when the organ is missing from the prediction or from the ground truth.
 * Background (id 0) is never scored.
@@ -35,7 +39,12 @@ import torch
 
 from styleswap import contract
 from styleswap.errors import StyleSwapError
-from styleswap.metrics import class_counts, dice_from_counts  # noqa: F401 (raw_eval and tests import them from here)
+from styleswap.metrics import (  # noqa: F401 (raw_eval and tests import them from here)
+    class_counts,
+    confusion_matrix,
+    counts_from_confusion,
+    dice_from_counts,
+)
 from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, make_loader, open_dataset
 from styleswap.trainer.model import SegNet, load_model, normalize_input, resolve_model_dir
 
@@ -45,8 +54,10 @@ def dice_per_organ(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.nda
     return dice_from_counts(*class_counts(pred, gt, num_classes))
 
 
-def summarize(case_dice: dict[str, np.ndarray], organ_names: list[str], case_hd95: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """metrics dict from per-case Dice vectors (see the module docstring for the conventions)."""
+def summarize(case_dice: dict[str, np.ndarray], organ_names: list[str], case_hd95: dict[str, np.ndarray] | None = None,
+              case_confusion: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """metrics dict from per-case Dice vectors, and optionally HD95 vectors and (C, C) confusion
+    matrices (see the module docstring for the conventions)."""
     cases = sorted(case_dice)
     if not cases:
         raise StyleSwapError("no cases to evaluate")
@@ -72,8 +83,10 @@ def summarize(case_dice: dict[str, np.ndarray], organ_names: list[str], case_hd9
         row["mean"] = _num(case_means[i])
         if case_hd95 is not None:
             row["hd95"] = {n: _num(case_hd95[c][j]) for j, n in enumerate(organ_names)}
+        if case_confusion is not None:
+            row["confusion"] = np.asarray(case_confusion[c]).tolist()
         per_case[c] = row
-    return {
+    metrics = {
         "mean_dice": float(np.mean(organ_means)) if organ_means else None,
         "mean_dice_std": float(valid_case_means.std()) if valid_case_means.size else None,
         "num_cases": len(cases),
@@ -81,6 +94,11 @@ def summarize(case_dice: dict[str, np.ndarray], organ_names: list[str], case_hd9
         "per_organ": per_organ,
         "per_case": per_case,
     }
+    if case_confusion is not None:
+        total = sum(np.asarray(case_confusion[c], np.int64) for c in cases)
+        metrics["confusion"] = {"classes": ["background", *organ_names], "rows": "ground truth", "columns": "prediction",
+                                "voxels": total.tolist()}
+    return metrics
 
 
 def _num(x: float) -> float | None:
@@ -246,7 +264,7 @@ def evaluate_options(
     stacks = {o.tta for o in options if o.postprocesses or hd95}  # whose case volumes are kept
     stream = SliceStream([info], shuffle=False, num_classes=ncls, with_copies=False)
     loader = make_loader(stream, batch_size, workers)
-    counts = {t: defaultdict(lambda: np.zeros((3, ncls - 1), np.int64)) for t in flips}
+    confusions = {t: defaultdict(lambda: np.zeros((ncls, ncls), np.int64)) for t in flips}
     volumes: dict[bool, dict[str, list]] = {t: defaultdict(list) for t in stacks}
     overlays: dict[bool, dict[str, list]] = {t: defaultdict(list) for t in flips}
     spacing: dict[str, list[float]] = {}
@@ -265,7 +283,7 @@ def evaluate_options(
                 if hd95:
                     spacing[case] = batch["spacing"][i].tolist()
                 for t, pred in preds.items():
-                    counts[t][case] += np.stack(class_counts(pred[i], gt[i], ncls))
+                    confusions[t][case] += confusion_matrix(pred[i], gt[i], ncls)
                     if t in stacks:
                         volumes[t][case].append((sl, pred[i].astype(np.uint8), gt[i].astype(np.uint8)))
                     if overlay_slices:
@@ -279,18 +297,18 @@ def evaluate_options(
     results = {}
     for option in options:
         t = option.tta
-        case_counts, case_overlays, case_stacks = dict(counts[t]), dict(overlays[t]), stacked.get(t, {})
+        case_confusion, case_overlays, case_stacks = dict(confusions[t]), dict(overlays[t]), stacked.get(t, {})
         if option.postprocesses:
             case_stacks = {}
             for case, (ids, pred_v, gt_v) in stacked[t].items():
                 pred_v = option.postprocess(pred_v, ncls)
                 case_stacks[case] = (ids, pred_v, gt_v)
-                case_counts[case] = np.stack(class_counts(pred_v, gt_v, ncls))
+                case_confusion[case] = confusion_matrix(pred_v, gt_v, ncls)
                 if case in case_overlays:  # show the post-processed prediction
                     post = dict(zip(ids, pred_v))
                     case_overlays[case] = [(n, i, im, g, post[i]) for n, i, im, g, _ in case_overlays[case]]
-        case_dice = {c: dice_from_counts(*v) for c, v in case_counts.items()}
-        metrics = summarize(case_dice, organ_names, _hd95(case_stacks, spacing, ncls) if hd95 else None)
+        case_dice = {c: dice_from_counts(*counts_from_confusion(v)) for c, v in case_confusion.items()}
+        metrics = summarize(case_dice, organ_names, _hd95(case_stacks, spacing, ncls) if hd95 else None, case_confusion)
         metrics["num_slices"] = n_slices
         metrics.update(option._asdict())
         results[option] = metrics, {c: [o[1:] for o in sorted(v, key=lambda o: o[1])] for c, v in case_overlays.items()}
@@ -377,7 +395,21 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             line += f" {f(v.get('hd95_mean'), 1.0, 2)} |"
         lines.append(line)
     lines.append(f"| **mean** | **{f(metrics['mean_dice'])}** | {f(metrics['mean_dice_std'])} | {metrics['num_cases']} |" + (" |" if has_hd else ""))
+    if "confusion" in metrics:
+        lines += ["", *confusion_markdown(metrics["confusion"])]
     return "\n".join(lines) + "\n"
+
+
+def confusion_markdown(confusion: dict[str, Any]) -> list[str]:
+    """Where each organ's ground-truth voxels went, in % of its voxels: a row per organ, a column per predicted class."""
+    classes, voxels = confusion["classes"], np.asarray(confusion["voxels"], np.float64)
+    lines = ["Ground truth (rows) predicted as (columns), % of the organ's voxels over all cases:", "",
+             "| ground truth | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for k in range(1, len(classes)):
+        total = voxels[k].sum()
+        cells = [f"{100 * v / total:.1f}" if total else "n/a" for v in voxels[k]]
+        lines.append(f"| {classes[k]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def evaluate_model(

@@ -17,7 +17,7 @@ import torch
 
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.artifact import open_model
-from styleswap.trainer.evaluate import class_counts, dice_from_counts, hd95_per_organ, summarize, write_metrics
+from styleswap.trainer.evaluate import confusion_matrix, counts_from_confusion, dice_from_counts, hd95_per_organ, summarize, write_metrics
 from styleswap.trainer.predict import segment_scan
 from styleswap.volumes import geometry
 from styleswap.volumes.io import NIFTI_ENDINGS, check_same_grid, make_label_map, read_nifti, read_voxels
@@ -59,7 +59,7 @@ def evaluate_raw(
     label_map = make_label_map(None, None, artifact.labels)  # the model's ids, anything else refused
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = artifact.load(str(dev))
-    case_dice, case_hd, overlays = {}, {}, {}
+    case_dice, case_hd, case_confusion, overlays = {}, {}, {}, {}
     for ref, lpath in pairs:
         lab_img = read_nifti(lpath)
         scan = load_scan(ref)
@@ -67,14 +67,15 @@ def evaluate_raw(
         gt = label_map.apply(read_voxels(lab_img, lpath), lpath)
         seg = segment_scan(net, artifact, scan, modality=modality, batch_size=batch_size, device=dev, tta=tta,
                            fill_holes=fill_holes, largest_component=largest_component, progress=progress)
-        case_dice[ref.case_id] = dice_from_counts(*class_counts(seg.labels, gt, ncls))
+        case_confusion[ref.case_id] = confusion_matrix(seg.labels, gt, ncls)
+        case_dice[ref.case_id] = dice_from_counts(*counts_from_confusion(case_confusion[ref.case_id]))
         if hd95:
             case_hd[ref.case_id] = hd95_per_organ(seg.labels, gt, ncls, list(geometry.voxel_sizes(scan.affine)))
         ornt = geometry.canonical_orientation(scan.affine)
         gt_canon = geometry.to_canonical(gt, ornt)
         overlays[ref.case_id] = [(k, image, geometry.display_slices(gt_canon, [k])[0], pred) for k, image, pred in seg.overview]
         del scan, seg, gt
-    metrics = summarize(case_dice, artifact.organs, case_hd if hd95 else None)
+    metrics = summarize(case_dice, artifact.organs, case_hd if hd95 else None, case_confusion)
     metrics.update(grid="native (each scan's own voxels)", tta=tta, fill_holes=fill_holes, largest_component=largest_component,
                    model=str(artifact.folder), model_id=artifact.spec, weights_sha256=artifact.sha256, images=str(images), labels=str(labels))
     return write_metrics(metrics, overlays, out)
