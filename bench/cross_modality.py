@@ -331,7 +331,10 @@ def row_result(name, keys, loss, seed, slug, W: Path, train_s: float | None, rec
             "per_organ": {o: m["per_organ"].get(o, {}).get("mean") for o in ORGANS},
             "per_case": {c: v.get("mean") for c, v in m["per_case"].items()},
             "inference": " ".join(chosen) or "plain", "mean_dice_plain": tgt[()]["mean_dice"],
-            "source_val_dice": {(" ".join(f) or "plain"): v for f, v in val.items()}}  # fmt: skip
+            "source_val_dice": {(" ".join(f) or "plain"): v for f, v in val.items()},
+            # where each organ's voxels went (evaluations from before train eval counted it have none)
+            **({"confusion": m["confusion"], "per_case_confusion": {c: v["confusion"] for c, v in m["per_case"].items()}}
+               if "confusion" in m else {})}  # fmt: skip
 
 
 def collect_row(name, keys, loss, seed, slug, W: Path, recipe, steps, args) -> dict:

@@ -15,11 +15,14 @@ def bench():
     return load_bench("cross_modality.py", "cross_modality")
 
 
-def metrics(folder: Path, mean: float, liver: float = 0.5) -> None:
+def metrics(folder: Path, mean: float, liver: float = 0.5, confusion: list | None = None) -> None:
     folder.mkdir(parents=True)
     organs = {"liver": {"mean": liver}, "kidney_right": {"mean": mean}, "kidney_left": {"mean": mean}, "spleen": {"mean": mean}}
-    folder.joinpath("metrics.json").write_text(json.dumps(
-        {"mean_dice": mean, "mean_dice_std": 0.1, "per_organ": organs, "per_case": {"case_1": {"mean": mean}}}))
+    m = {"mean_dice": mean, "mean_dice_std": 0.1, "per_organ": organs, "per_case": {"case_1": {"mean": mean}}}
+    if confusion is not None:  # as train eval writes it since it counts where the voxels went
+        m["confusion"] = {"classes": ["background", *organs], "voxels": confusion}
+        m["per_case"]["case_1"]["confusion"] = confusion
+    folder.joinpath("metrics.json").write_text(json.dumps(m))
 
 
 @pytest.fixture(params=["choice", "folders"])
@@ -42,8 +45,8 @@ def workdir(tmp_path, request):
     else:
         for flags, v in scores.items():
             metrics(tmp_path / "eval-src-val" / (slug + "".join(flags)), v)
-    metrics(tmp_path / "eval" / slug, 0.40)
-    metrics(tmp_path / "eval" / (slug + "--tta"), 0.55, liver=0.2)
+    metrics(tmp_path / "eval" / slug, 0.40, confusion=[[0]])
+    metrics(tmp_path / "eval" / (slug + "--tta"), 0.55, liver=0.2, confusion=[[1]])
     metrics(tmp_path / "eval" / (slug + "--tta--largest-component"), 0.90)  # better on the target: never looked at
     return cm, tmp_path, slug
 
@@ -58,6 +61,7 @@ def test_collect_makes_the_source_validation_choice_again(workdir):
     assert r["inference"] == "--tta"
     assert r["mean_dice"] == 0.55 and r["mean_dice_plain"] == 0.40 and r["per_organ"]["liver"] == 0.2
     assert r["source_val_dice"]["--tta --largest-component"] == 0.80
+    assert r["confusion"]["voxels"] == [[1]] and r["per_case_confusion"] == {"case_1": [[1]]}  # the chosen inference's
     assert r["train_seconds"] == pytest.approx(100 * 4 / 10.0)
     summary = cm.summarize_rows([r, {**r, "seed": 2, "mean_dice": 0.65}])[0]
     assert summary["mean_dice"] == pytest.approx(0.60) and summary["spread"] == pytest.approx(0.05)

@@ -10,6 +10,7 @@ import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bench_util import load_bench
 
@@ -49,3 +50,20 @@ def test_a_record_agrees_with_its_name_and_with_itself(path):
     assert r["mean_dice"] == pytest.approx(statistics.fmean(r["per_organ"][o] for o in cm.ORGANS), abs=1e-6)
     # the inference was chosen on source validation by the benchmark's rule: the first best option
     assert cm.choose_inference(r["source_val_dice"]) == r["inference"]
+
+
+@pytest.mark.parametrize("path", [p for p in ROWS if "confusion" in json.loads(p.read_text())],
+                         ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_a_records_confusion_holds_its_dice(path):
+    """Where a record keeps the voxel confusion of its evaluation, each case's Dice follows from it,
+    and the summed matrix is the sum of the cases'."""
+    cm = bench()
+    r = json.loads(path.read_text())
+    assert r["confusion"]["classes"] == ["background", *cm.ORGANS]
+    per_case = {c: np.array(v) for c, v in r["per_case_confusion"].items()}
+    assert per_case.keys() == r["per_case"].keys()
+    assert np.array_equal(sum(per_case.values()), np.array(r["confusion"]["voxels"]))
+    for case, conf in per_case.items():
+        inter, psum, gsum = np.diagonal(conf)[1:], conf.sum(axis=0)[1:], conf.sum(axis=1)[1:]
+        assert (gsum > 0).all(), f"{case}: an organ with no voxels"
+        assert r["per_case"][case] == pytest.approx(float(np.mean(2 * inter / (psum + gsum))), abs=1e-9), case
