@@ -10,17 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def class_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class (|P & G|, |P|, |G|) for ids 1..num_classes-1. Arrays of any equal shape."""
-    p, g = np.asarray(pred).ravel().astype(np.int64), np.asarray(gt).ravel().astype(np.int64)
-    psum = np.bincount(p, minlength=num_classes)[1:num_classes]
-    gsum = np.bincount(g, minlength=num_classes)[1:num_classes]
-    inter = np.bincount(p[p == g], minlength=num_classes)[1:num_classes]
-    return inter, psum, gsum
-
-
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) voxel counts of ids 0..num_classes-1: row = ground-truth id, column = predicted id."""
+    """(C, C) voxel counts of ids 0..num_classes-1: row = ground-truth id, column = predicted id.
+    Arrays of any equal shape; an id outside 0..num_classes-1 is refused."""
     p, g = np.asarray(pred).ravel().astype(np.int64), np.asarray(gt).ravel().astype(np.int64)
     if p.size and max(p.max(), g.max()) >= num_classes:
         raise ValueError(f"label id {max(p.max(), g.max())} out of range for {num_classes} classes")
@@ -28,9 +20,14 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.n
 
 
 def counts_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`class_counts` (|P & G|, |P|, |G| for ids 1..C-1) from a `confusion_matrix`."""
+    """Per-class (|P & G|, |P|, |G|) for ids 1..C-1: the diagonal and margins of a `confusion_matrix`."""
     confusion = np.asarray(confusion)
     return np.diagonal(confusion)[1:].copy(), confusion.sum(axis=0)[1:], confusion.sum(axis=1)[1:]
+
+
+def class_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (|P & G|, |P|, |G|) for ids 1..num_classes-1. Arrays of any equal shape."""
+    return counts_from_confusion(confusion_matrix(pred, gt, num_classes))
 
 
 def dice_from_counts(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> np.ndarray:
