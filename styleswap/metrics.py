@@ -30,6 +30,11 @@ def class_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np
     return counts_from_confusion(confusion_matrix(pred, gt, num_classes))
 
 
+def dice_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Dice per class (ids 1..C-1) of a `confusion_matrix`; NaN where the class is in neither side."""
+    return dice_from_counts(*counts_from_confusion(confusion))
+
+
 def dice_from_counts(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> np.ndarray:
     """Dice per class from sums; NaN where both prediction and ground truth are empty."""
     inter, psum, gsum = (np.asarray(a, dtype=np.float64) for a in (inter, psum, gsum))

@@ -13,6 +13,7 @@ from styleswap.trainer.evaluate import (
     class_counts,
     confusion_matrix,
     counts_from_confusion,
+    dice_from_confusion,
     dice_from_counts,
     dice_per_organ,
     INFERENCE_OPTIONS,
@@ -98,7 +99,7 @@ def test_confusion_matrix_by_hand_and_the_dice_sums_it_holds():
 def test_summary_says_where_missed_voxels_went():
     # case a: 4 liver voxels, 3 found and 1 missed; case b: 4 spleen voxels, 1 missed, 3 taken for liver
     conf = {"a": np.array([[10, 0, 0], [1, 3, 0], [0, 0, 0]]), "b": np.array([[8, 0, 0], [0, 0, 0], [1, 3, 0]])}
-    case_dice = {c: dice_from_counts(*counts_from_confusion(v)) for c, v in conf.items()}
+    case_dice = {c: dice_from_confusion(v) for c, v in conf.items()}
     m = summarize(case_dice, ["liver", "spleen"], case_confusion=conf)
     assert m["confusion"]["classes"] == ["background", "liver", "spleen"]
     assert m["confusion"]["voxels"] == [[18, 0, 0], [1, 3, 0], [1, 3, 0]]

@@ -43,6 +43,7 @@ from styleswap.metrics import (  # noqa: F401 (raw_eval and tests import them fr
     class_counts,
     confusion_matrix,
     counts_from_confusion,
+    dice_from_confusion,
     dice_from_counts,
 )
 from styleswap.trainer.data import DatasetInfo, SliceStream, lateral_permutation, make_loader, open_dataset
@@ -307,7 +308,7 @@ def evaluate_options(
                 if case in case_overlays:  # show the post-processed prediction
                     post = dict(zip(ids, pred_v))
                     case_overlays[case] = [(n, i, im, g, post[i]) for n, i, im, g, _ in case_overlays[case]]
-        case_dice = {c: dice_from_counts(*counts_from_confusion(v)) for c, v in case_confusion.items()}
+        case_dice = {c: dice_from_confusion(v) for c, v in case_confusion.items()}
         metrics = summarize(case_dice, organ_names, _hd95(case_stacks, spacing, ncls) if hd95 else None, case_confusion)
         metrics["num_slices"] = n_slices
         metrics.update(option._asdict())

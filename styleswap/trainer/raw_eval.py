@@ -17,7 +17,7 @@ import torch
 
 from styleswap.errors import StyleSwapError
 from styleswap.trainer.artifact import open_model
-from styleswap.trainer.evaluate import confusion_matrix, counts_from_confusion, dice_from_counts, hd95_per_organ, summarize, write_metrics
+from styleswap.trainer.evaluate import confusion_matrix, dice_from_confusion, hd95_per_organ, summarize, write_metrics
 from styleswap.trainer.predict import segment_scan
 from styleswap.volumes import geometry
 from styleswap.volumes.io import NIFTI_ENDINGS, check_same_grid, make_label_map, read_nifti, read_voxels
@@ -67,8 +67,8 @@ def evaluate_raw(
         gt = label_map.apply(read_voxels(lab_img, lpath), lpath)
         seg = segment_scan(net, artifact, scan, modality=modality, batch_size=batch_size, device=dev, tta=tta,
                            fill_holes=fill_holes, largest_component=largest_component, progress=progress)
-        case_confusion[ref.case_id] = confusion_matrix(seg.labels, gt, ncls)
-        case_dice[ref.case_id] = dice_from_counts(*counts_from_confusion(case_confusion[ref.case_id]))
+        case_confusion[ref.case_id] = confusion = confusion_matrix(seg.labels, gt, ncls)
+        case_dice[ref.case_id] = dice_from_confusion(confusion)
         if hd95:
             case_hd[ref.case_id] = hd95_per_organ(seg.labels, gt, ncls, list(geometry.voxel_sizes(scan.affine)))
         ornt = geometry.canonical_orientation(scan.affine)
