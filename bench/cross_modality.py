@@ -69,7 +69,7 @@ PROTOCOLS = {
 #: z-scored slice, unclipped, so the standard protocol only, and no jitter, which clips); the others
 #: get the photometric jitter only (our per-organ maps would be a third method on top). Row 7 is
 #: SLAug on top of our copies: its images start from the original or, half the time, a GIN or
-#: Bezier copy.
+#: Bezier copy. Row 10 is row 4 with its GIN copies computed as GIN-IPA's released code does.
 ROWS = [
     ("ERM (source only)", ("src-train",), "erm", None),
     ("GIN + Dice", ("src-gin",), "dice", None),
@@ -81,7 +81,16 @@ ROWS = [
     ("SLAug on originals and GIN + Bezier copies (peer + ours)", ("src-gin", "src-bezier"), "slaug+copies", "standard"),
     ("GIN-IPA with fresh GIN every step, peer", ("src-train",), "gin-ipa-fresh", "standard"),
     ("GIN-IPA as its released code computes GIN and the blend, peer", ("src-train",), "gin-ipa-released", "none"),
+    ("GIN as released + Bezier + Dice + InfoNCE", ("src-gin-released", "src-bezier"), "dice+infonce", None),
 ]
+#: The copies each dataset key holds: ``augment build`` flags on top of the source, copies and seed.
+#: ``src-gin-released`` is row 4's GIN computed as GIN-IPA's released code does (row 10: does what
+#: lifted row 9 over row 8 lift stored copies too?).
+BUILDS = {
+    "src-gin": ["--engine", "gin"],
+    "src-bezier": ["--engine", "bezier"],
+    "src-gin-released": ["--engine", "gin", "--engine-opt", "computation=released"],
+}
 #: Losses that read z-scored slices (``--input-norm zscore``): the standard protocol's rows only.
 ZSCORE_ONLY = ("gin-ipa-released",)
 #: The best row: what the short CI mode checks against ERM.
@@ -206,16 +215,18 @@ def main() -> int:
 
     # Every dataset is ingested with the build seed 0: the data stay the same whatever seeds train on them.
     common = ["--size", str(size), "--seed", "0", "--overwrite", "--no-preview", *ingest_flags]
-    ds = {k: W / k for k in ("src-train", "src-val", "target", "src-gin", "src-bezier")}
+    every_row = [r for r in ROWS if "zscore" in proto_train or r[2] not in ZSCORE_ONLY]  # those the protocol can run
+    picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else every_row)
+    ds = {k: W / k for k in ("src-train", "src-val", "target", *BUILDS)}
     if not args.collect:
         run(augment + ["ingest", str(W / "src" / "train"), "--out", str(ds["src-train"]), "--modality", src_mod, *common, *train_ingest_flags], log)
         run(augment + ["ingest", str(W / "src" / "val"), "--out", str(ds["src-val"]), "--modality", src_mod, "--keep-empty", "1", *common], log)
         run(augment + ["ingest", str(tgt), "--out", str(ds["target"]), "--modality", tgt_mod, "--keep-empty", "1", *common], log)
         # the content check (issue 15): the model is trained on the source only, so the target stays unseen
         qc_build = ["--qc-model", str(args.qc_model.resolve()), "--qc-min-dice", str(args.qc_min_dice)] if args.qc_model else []
-        for engine in ("gin", "bezier"):
-            run(augment + ["build", "--source", str(ds["src-train"]), "--engine", engine, "--copies", str(copies),
-                           "--out", str(ds[f"src-{engine}"]), "--seed", "0", "--workers", str(args.workers),
+        for key in [k for k in BUILDS if any(k in keys for _, keys, _, _ in picked)]:  # only the copies the rows read
+            run(augment + ["build", "--source", str(ds["src-train"]), *BUILDS[key], "--copies", str(copies),
+                           "--out", str(ds[key]), "--seed", "0", "--workers", str(args.workers),
                            "--overwrite", *qc_build], log)  # fmt: skip
 
     if args.prepare_only:
@@ -231,12 +242,10 @@ def main() -> int:
               "qc_model": str(args.qc_model) if args.qc_model else None,
               "qc_min_dice": args.qc_min_dice if args.qc_model else None}  # fmt: skip
     every = max(steps // 10, 10)
-    every_row = [r for r in ROWS if "zscore" in proto_train or r[2] not in ZSCORE_ONLY]  # those the protocol can run
-    picked = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ([ROWS[0], ROWS[BEST]] if short else every_row)
     runs = []
     for name, keys, loss, row_aug in picked:
         row_recipe = recipe if row_aug is None else [*RECIPE, "--intensity-aug", row_aug, *proto_train, *extra]
-        if qc_train and any(k in ("src-gin", "src-bezier") for k in keys):
+        if qc_train and any(k in BUILDS for k in keys):
             row_recipe = [*row_recipe, *qc_train]
         for seed in seeds:
             slug = f"{'+'.join(keys)}-{loss.replace('+', '-')}-s{seed}{args.tag}".replace("src-", "")

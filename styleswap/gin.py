@@ -1,7 +1,8 @@
 """GIN's random shallow convolutional networks, for both halves: the generator renders stored copies
 with them (``augment build --engine gin``), the trainer draws fresh ones every step
 (``train seg --loss gin-ipa-fresh``, as the GIN-IPA paper trains), and ``gin_forward_released``
-computes them as that paper's released code does (``--loss gin-ipa-released``).
+computes them as that paper's released code does (``--loss gin-ipa-released``; stored copies of that
+computation: `gin_copy_released`, ``augment build --engine gin --engine-opt computation=released``).
 
 Reference: C. Ouyang, C. Chen, S. Li, Z. Li, C. Qin, W. Bai, D. Rueckert, "Causality-inspired
 single-source domain generalization for medical image segmentation", IEEE TMI 2022
@@ -140,3 +141,33 @@ def gin_forward_released(images: torch.Tensor, seeds: Sequence[int], layers: int
     a = alpha.view(-1, 1, 1)
     mixed = a * g + (1 - a) * x
     return mixed * (_frobenius(x) / _frobenius(mixed).clamp_min(_EPS))
+
+
+#: A slice whose standard deviation is below this (in [0, 1] units) has no contrast to intervene on.
+_FLAT_STD = 1e-6
+
+
+def gin_copy_released(images: torch.Tensor, seeds: Sequence[int], layers: int = 4, channels: int = 2,
+                      kernel_sizes: Sequence[int] = (1, 3)) -> torch.Tensor:
+    """A stored copy of `gin_forward_released`: ``images`` (B, H, W) in [0, 1] -> (B, H, W) in [0, 1].
+
+    Each slice is z-scored by its own mean and std (the released code uses its volume's; an engine
+    sees one slice at a time), goes through `gin_forward_released`, and the result is min-maxed per
+    slice so that the contract's PNG can hold it without clipping its tails. A trainer that z-scores
+    its input (``train seg --input-norm zscore``) therefore reads the released output up to one
+    affine map per slice. A flat slice (no contrast) is returned as it is: its z-score is undefined,
+    and the nets' bias would only paint the zero padding's frame.
+    """
+    import torch
+
+    x = images.to(torch.float32)
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    std = x.std(dim=(1, 2), keepdim=True)
+    flat = std <= _FLAT_STD
+    z = (x - mean) / torch.where(flat, torch.ones_like(std), std)
+    out = gin_forward_released(z, seeds, layers, channels, kernel_sizes)
+    lo = out.amin(dim=(1, 2), keepdim=True)
+    span = out.amax(dim=(1, 2), keepdim=True) - lo
+    flat = flat | (span <= _EPS)
+    unit = (out - lo) / torch.where(flat, torch.ones_like(span), span)
+    return torch.where(flat, x, unit).clamp(0, 1)  # clamp: rounding just outside [0, 1]

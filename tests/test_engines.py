@@ -10,8 +10,11 @@ from styleswap.errors import StyleSwapError
 from styleswap.generator.engines.base import CopyRequest, get_engine
 from styleswap.generator.engines.bezier import BezierEngine, apply_bezier, bezier_curve, draw_curve
 from styleswap.generator.engines.gin import GINEngine, gin_forward
+from styleswap.gin import gin_forward_released
 
 ENGINES = ["gin", "bezier"]
+#: every engine and computation: (name, settings)
+COMPUTATIONS = [("gin", {}), ("gin", {"computation": "released"}), ("bezier", {})]
 
 
 def slice_like(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -35,10 +38,11 @@ def request(seed: int, image: np.ndarray | None = None, idx: int = 0) -> CopyReq
 
 # Share of copies whose mean |copy - input| exceeds 0.05, measured on 200 seeds: gin 0.59 (its
 # alpha ~ U(0, 1) makes a quarter of the copies near-identity, as in the paper), gin without the
-# mix 0.96, bezier 0.80 (near-identity monotone curves exist too). The bounds leave margin.
+# mix 0.96, gin as released 0.78 (its mix is rescaled after mixing, so the net outweighs alpha),
+# bezier 0.80 (near-identity monotone curves exist too). The bounds leave margin.
 @pytest.mark.parametrize(
     ("name", "settings", "min_changed"),
-    [("gin", {}, 0.45), ("gin", {"mix": False}, 0.85), ("bezier", {}, 0.65)],
+    [("gin", {}, 0.45), ("gin", {"mix": False}, 0.85), ("gin", {"computation": "released"}, 0.65), ("bezier", {}, 0.65)],
 )
 def test_copy_shape_dtype_range_and_change(name: str, settings: dict, min_changed: float) -> None:
     engine = get_engine(name, **settings)
@@ -61,28 +65,28 @@ def test_copy_shape_dtype_range_and_change(name: str, settings: dict, min_change
         assert np.mean(np.abs(corrs) < 0.9) >= 0.15, sorted(corrs)
 
 
-@pytest.mark.parametrize("name", ENGINES)
-def test_render_does_not_mutate_requests(name: str) -> None:
+@pytest.mark.parametrize(("name", "settings"), COMPUTATIONS)
+def test_render_does_not_mutate_requests(name: str, settings: dict) -> None:
     reqs = [request(7 + i, idx=i) for i in range(3)]
     before = [(r.image.copy(), r.mask.copy()) for r in reqs]
-    copies = get_engine(name).render(reqs)
+    copies = get_engine(name, **settings).render(reqs)
     for r, (img, mask), c in zip(reqs, before, copies):
         assert np.array_equal(r.image, img) and np.array_equal(r.mask, mask)
         assert not np.shares_memory(c.image, r.image)
 
 
-@pytest.mark.parametrize("name", ENGINES)
-def test_same_seed_same_copy_other_seed_other_copy(name: str) -> None:
-    engine = get_engine(name)
+@pytest.mark.parametrize(("name", "settings"), COMPUTATIONS)
+def test_same_seed_same_copy_other_seed_other_copy(name: str, settings: dict) -> None:
+    engine = get_engine(name, **settings)
     a, b, c = (engine.render([request(s)])[0].image for s in (11, 11, 12))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("name", ENGINES)
-def test_copy_independent_of_batch_composition_and_order(name: str) -> None:
-    # Bitwise for both: GIN runs torch's native grouped conv (oneDNN off), see gin.py.
-    engine = get_engine(name)
+@pytest.mark.parametrize(("name", "settings"), COMPUTATIONS)
+def test_copy_independent_of_batch_composition_and_order(name: str, settings: dict) -> None:
+    # Bitwise for all: GIN runs torch's native grouped conv (oneDNN off), see gin.py.
+    engine = get_engine(name, **settings)
     reqs = [request(100 + i, slice_like(seed=i), idx=i) for i in range(5)]
     alone = [engine.render([r])[0].image for r in reqs]
     perm = [3, 0, 4, 1, 2]
@@ -114,6 +118,8 @@ def test_batch_larger_than_batch_size(name: str) -> None:
         ("gin", {"kernel_sizes": (2,)}),
         ("gin", {"kernel_sizes": ()}),
         ("gin", {"mix": "yes"}),
+        ("gin", {"computation": "as-released"}),
+        ("gin", {"computation": "released", "mix": False}),
         ("gin", {"batch_size": 0}),
         ("gin", {"depth": 3}),
         ("bezier", {"p_invert": 1.5}),
@@ -134,10 +140,12 @@ def test_describe_reports_settings() -> None:
         "channels": 2,
         "kernel_sizes": [1, 3, 5],
         "mix": True,
+        "computation": "paper",
         "batch_size": 16,
     }
     assert BezierEngine(p_invert=0.25).describe() == {"p_invert": 0.25, "points": 1000, "batch_size": 16}
     assert GINEngine().render([request(1)])[0].prompt == "gin(layers=4, channels=2)"
+    assert GINEngine(computation="released").render([request(1)])[0].prompt == "gin(layers=4, channels=2, released)"
 
 
 # --- GIN ----------------------------------------------------------------------------------------
@@ -168,6 +176,31 @@ def test_gin_constant_image_stays_in_range() -> None:
     for c in GINEngine().render(reqs):
         assert np.isfinite(c.image).all() and c.image.min() >= 0 and c.image.max() <= 1
     assert np.array_equal(GINEngine().render(reqs[:1])[0].image, np.zeros((32, 32), np.float32))
+
+
+def test_gin_released_copy_is_the_released_output_of_the_z_scored_slice_min_maxed() -> None:
+    # By hand: z-score each slice by its own mean and (unbiased) std, GIN as released, min-max.
+    images = [slice_like(seed=i) for i in range(3)] + [slice_like(48, 40, seed=3)]
+    seeds = [21, 22, 23, 24]
+    copies = GINEngine(computation="released").render([request(s, img, idx=i) for i, (s, img) in enumerate(zip(seeds, images))])
+    for img, seed, copy in zip(images, seeds, copies):
+        z = (img - img.mean()) / img.std(ddof=1)
+        raw = gin_forward_released(torch.from_numpy(z[None].astype(np.float32)), [seed])[0].numpy()
+        # the released output keeps the z-scored input's energy and takes values outside any fixed range
+        assert np.isclose(np.linalg.norm(raw), np.linalg.norm(z), rtol=1e-4)
+        expected = (raw - raw.min()) / (raw.max() - raw.min())
+        np.testing.assert_allclose(copy.image, expected, atol=1e-5)
+        assert copy.image.min() == 0.0 and copy.image.max() == 1.0
+    # not the paper's computation under another name
+    paper = GINEngine().render([request(seeds[0], images[0])])[0].image
+    assert np.abs(paper - copies[0].image).mean() > 0.01
+
+
+def test_gin_released_flat_slice_is_returned_as_is() -> None:
+    for value in (0.0, 0.5):
+        flat = np.full((32, 32), value, np.float32)
+        (copy,) = GINEngine(computation="released").render([request(3, flat)])
+        assert np.array_equal(copy.image, flat)
 
 
 # --- Bezier -------------------------------------------------------------------------------------
