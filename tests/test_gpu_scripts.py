@@ -29,8 +29,10 @@ def test_cross_modality_gpu_script_dry_run(shared_data, tmp_path):
     step("run", "--dry", "--carry", carry, "--out", out, "--work", tmp_path / "work")
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8  # what the device tool brings back
-    assert files == ["mr2ct-dice-infonce-s0.safetensors", "results.json", "results.md"]
+    assert files == ["mr2ct-models-0.zip", "results.json", "results.md"]
     runs = json.loads((out / "results.json").read_text())["runs"]
+    mr2ct_run = next(r for r in runs if r["direction"] == "mr2ct")
+    assert mr2ct_run["model_file"] == "mr2ct-models-0.zip"
     assert {(r["direction"], r["loss"]) for r in runs} == {("ct2mr", "erm"), ("ct2mr", "dice+infonce"), ("mr2ct", "dice+infonce")}
     for r in runs:
         assert r["returncode"] == 0 and r["steps_done"] == 20 and not r.get("stopped")
@@ -74,3 +76,23 @@ def test_every_gpu_run_is_a_command_train_seg_accepts(tmp_path, monkeypatch):
     runs = sum(len(c[-1]) for c in gpu_script.CONFIGS)
     assert len(accepted) == runs and all(a[1] == "bf16" for a in accepted)
     assert {a[0] for a in accepted} == {c[2] for c in gpu_script.CONFIGS}
+
+
+def test_models_pack_into_files_the_device_tool_brings_back():
+    """$OUT brings back at most 8 files of at most 16 MiB: the MRI -> CT models of the real
+    configuration, at the width the GPU run trains, must fit beside results.json and results.md."""
+    from styleswap.networks import SegNet, default_config
+
+    gpu_script = load_bench("gpu/cross_modality.py", "gpu_cross_modality")
+    pack, limit = gpu_script.pack, gpu_script.OUT_FILE_BYTES
+    # by hand: first fit, in order
+    assert pack({"a": 6, "b": 6, "c": 6, "d": 3}, 13) == [["a", "b"], ["c", "d"]]
+    assert pack({"a": 6, "big": 20, "c": 6}, 13) == [["a", "c"], ["big"]]
+    assert pack({}, 13) == []
+    net = SegNet(default_config(5, channels=32, depth=4))  # the run's default width (--channels)
+    model_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    slugs = [f"{seed}-{name}" for d, name, _, _, _, seeds in gpu_script.CONFIGS if d == "mr2ct" for seed in seeds]
+    assert len(slugs) + 2 > gpu_script.OUT_FILES  # one file a model would not all come back
+    packs = pack({s: model_bytes + 64 * 1024 for s in slugs}, limit)  # + the safetensors header, generously
+    assert sorted(x for p in packs for x in p) == sorted(slugs)
+    assert len(packs) + 2 <= gpu_script.OUT_FILES and limit < 16 * 2**20

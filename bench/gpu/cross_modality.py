@@ -16,7 +16,7 @@ seed) of `CONFIGS` as its own ``train seg`` process on the GPU (bf16, all at onc
 any run still going when the time budget ends (reported as unfinished, never as a result). Each
 run's checkpoint and inference options (`train eval --choose`: flip, fill holes, largest component) are chosen on
 the source's validation cases; the CT -> MRI target is measured there; the MRI -> CT models come
-back (one safetensors file each, with their configs in results.json) and ``finish`` measures
+back (their safetensors files stored a few to a zip file, the configs in results.json) and ``finish`` measures
 them here. ``run --dry`` does the whole thing on the CPU with two training cases, 64 px, 20 steps and three
 runs, so the script is proven before GPU time is spent on it (tests/test_gpu_scripts.py).
 
@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,6 +63,10 @@ RECIPE = ["--lr", "1e-3", "--lr-schedule", "cosine", "--scale", "0.25", "--rotat
           "--input-norm", "zscore", "--nce-weight", "0.1", "--batch-size", "16"]  # fmt: skip
 WHEELS = ["monai==1.6.1", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19"]
 SIZE, COPIES = 192, 8
+#: What the device tool brings back from $OUT: at most 8 files of at most 16 MiB each. The MRI -> CT
+#: models travel packed a few to a file (`pack`), so that every one of them comes back beside
+#: results.json and results.md (7 models of 6.1 MiB at 32 channels would be 9 files on their own).
+OUT_FILES, OUT_FILE_BYTES = 8, 15 * 2**20  # a MiB of margin under 16
 
 
 def sh(cmd: list[str], log: Path, env: dict | None = None, check: bool = True) -> int:
@@ -142,7 +147,7 @@ def run(args) -> int:
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    log = work / "log.txt"  # $OUT brings back 8 files at most: the models, results.json and results.md
+    log = work / "log.txt"  # $OUT brings back 8 files at most (`OUT_FILES`): the packed models and the results
     env = install_wheels(carry, log)
     gpu = not args.dry
     steps = args.steps or (20 if args.dry else 8000)
@@ -208,13 +213,23 @@ def run(args) -> int:
                 key = "target" if fl == tuple(flags) else "target_plain"
                 r[key] = {"mean_dice": m["mean_dice"], "per_organ": {o: m["per_organ"].get(o, {}).get("mean") for o in ORGANS},
                           "per_case": {c: v.get("mean") for c, v in m["per_case"].items()}}  # fmt: skip
-        else:  # measured by `finish` on the 30 CT volumes here
-            shutil.copy(run_dir / "best" / "model.safetensors", out / f"{r['slug']}.safetensors")
+        else:  # measured by `finish` on the 30 CT volumes here (the model travels back packed)
             r["model_config"] = json.loads((run_dir / "best" / "config.json").read_text())
         return r
 
     with ThreadPoolExecutor(8 if gpu else 2) as pool:
         runs = list(pool.map(evaluate, runs))
+    models = {r["slug"]: work / "runs" / r["slug"] / "best" / "model.safetensors" for r in runs if "model_config" in r}
+    packs = pack({slug: path.stat().st_size for slug, path in models.items()}, OUT_FILE_BYTES)
+    if len(packs) + 2 > OUT_FILES:
+        print(f"warning: {len(packs)} model files and the results exceed the {OUT_FILES} files $OUT brings back", flush=True)
+    for i, slugs in enumerate(packs):
+        with zipfile.ZipFile(out / f"mr2ct-models-{i}.zip", "w", zipfile.ZIP_STORED) as z:  # safetensors, stored as they are
+            for slug in slugs:
+                z.write(models[slug], f"{slug}.safetensors")
+        for r in runs:
+            if r["slug"] in slugs:
+                r["model_file"] = f"mr2ct-models-{i}.zip"
     for r in runs:
         r.pop("cmd", None)
     meta = {"steps": steps, "channels": channels, "size": 64 if args.dry else SIZE, "copies": copies, "dry": args.dry,
@@ -233,6 +248,22 @@ def seg_args(data: list[Path], val: Path, out: Path, loss: str, aug: str, seed: 
             "--intensity-aug", aug, *RECIPE, "--channels", str(channels), "--steps", str(steps), "--seed", str(seed),
             "--workers", str(workers), "--val-every", str(max(steps // 10, 5)), "--checkpoint-every", str(max(steps // 10, 5)),
             "--log-every", str(max(steps // 50, 1)), "--no-progress", *(["--mixed-precision", "bf16"] if gpu else [])]  # fmt: skip
+
+
+def pack(sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Names grouped, in order, into as few files as fit ``limit`` bytes each (first fit; a file
+    larger than ``limit`` goes alone, and the device tool will leave it behind)."""
+    packs: list[list[str]] = []
+    room: list[int] = []
+    for name, size in sizes.items():
+        i = next((j for j, free in enumerate(room) if size <= free), None)
+        if i is None:
+            packs.append([name])
+            room.append(limit - size)
+        else:
+            packs[i].append(name)
+            room[i] -= size
+    return packs
 
 
 def _last_step(run_dir: Path) -> int:
@@ -264,9 +295,14 @@ def finish(args) -> int:
     for r in runs:
         if r["direction"] != "mr2ct" or "model_config" not in r:
             continue
+        packed = res_dir / r.get("model_file", "-")
+        if not packed.is_file():
+            r["error"] = f"its model did not come back ({r.get('model_file')} is not in {res_dir})"
+            continue
         model = work / "models" / r["slug"]
         model.mkdir(parents=True, exist_ok=True)
-        shutil.copy(res_dir / f"{r['slug']}.safetensors", model / "model.safetensors")
+        with zipfile.ZipFile(packed) as z:  # one named member read, nothing extracted by the archive's own paths
+            (model / "model.safetensors").write_bytes(z.read(f"{r['slug']}.safetensors"))
         (model / "config.json").write_text(json.dumps(r["model_config"]))
         flags = [] if r["inference"] == "plain" else r["inference"].split()
         for fl in {(), tuple(flags)}:
