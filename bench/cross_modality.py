@@ -8,7 +8,7 @@
    train and validation (symlinked nnU-Net folders in the workdir; the validation cases pick the
    checkpoint and the inference options, as a user without target data would).
 2. ``augment ingest`` source-train, source-val and the target (all slices kept so the 3D Dice
-   covers whole volumes); ``augment build`` GIN and Bezier copies of source-train.
+   covers whole volumes); ``augment build`` the copies of source-train that the rows read (`BUILDS`).
 3. ``train seg`` every row and seed with the same budget (steps, batch size, network).
 4. ``train eval`` each on source validation as is, with test-time flips, with largest-component
    post-processing and with both; the best of these on the source is the row's inference,
