@@ -69,7 +69,8 @@ PROTOCOLS = {
 #: z-scored slice, unclipped, so the standard protocol only, and no jitter, which clips); the others
 #: get the photometric jitter only (our per-organ maps would be a third method on top). Row 7 is
 #: SLAug on top of our copies: its images start from the original or, half the time, a GIN or
-#: Bezier copy. Row 10 is row 4 with its GIN copies computed as GIN-IPA's released code does.
+#: Bezier copy. Rows 10 and 11 are rows 4 and 7 with their GIN copies computed as GIN-IPA's released
+#: code does.
 ROWS = [
     ("ERM (source only)", ("src-train",), "erm", None),
     ("GIN + Dice", ("src-gin",), "dice", None),
@@ -82,10 +83,11 @@ ROWS = [
     ("GIN-IPA with fresh GIN every step, peer", ("src-train",), "gin-ipa-fresh", "standard"),
     ("GIN-IPA as its released code computes GIN and the blend, peer", ("src-train",), "gin-ipa-released", "none"),
     ("GIN as released + Bezier + Dice + InfoNCE", ("src-gin-released", "src-bezier"), "dice+infonce", None),
+    ("SLAug on originals and GIN as released + Bezier copies", ("src-gin-released", "src-bezier"), "slaug+copies", "standard"),
 ]
 #: The copies each dataset key holds: ``augment build`` flags on top of the source, copies and seed.
-#: ``src-gin-released`` is row 4's GIN computed as GIN-IPA's released code does (row 10: does what
-#: lifted row 9 over row 8 lift stored copies too?).
+#: ``src-gin-released`` is row 4's GIN computed as GIN-IPA's released code does (rows 10 and 11: does
+#: what lifted row 9 over row 8 lift stored copies too?).
 BUILDS = {
     "src-gin": ["--engine", "gin"],
     "src-bezier": ["--engine", "bezier"],
