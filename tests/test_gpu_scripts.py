@@ -96,3 +96,15 @@ def test_models_pack_into_files_the_device_tool_brings_back():
     packs = pack({s: model_bytes + 64 * 1024 for s in slugs}, limit)  # + the safetensors header, generously
     assert sorted(x for p in packs for x in p) == sorted(slugs)
     assert len(packs) + 2 <= gpu_script.OUT_FILES and limit < 16 * 2**20
+
+
+def test_every_dataset_a_run_reads_is_carried_or_built():
+    """A run reads the ingested source (carried from here) or copies `run` builds on the machine;
+    a key that is neither would be a missing folder found only on the GPU."""
+    gpu_script = load_bench("gpu/cross_modality.py", "gpu_cross_modality")
+    read = {k for c in gpu_script.CONFIGS for k in c[3]}
+    assert read - set(gpu_script.BUILDS) == {"src-train"}
+    # SLAug on copies reads GIN computed as the released code (CPU row 11), built with that option
+    slaug_copies = {c[3] for c in gpu_script.CONFIGS if c[2] == "slaug+copies"}
+    assert slaug_copies == {("src-gin-released", "src-bezier")}
+    assert gpu_script.BUILDS["src-gin-released"][-2:] == ["--engine-opt", "computation=released"]
