@@ -93,6 +93,12 @@ BUILDS = {
     "src-bezier": ["--engine", "bezier"],
     "src-gin-released": ["--engine", "gin", "--engine-opt", "computation=released"],
 }
+
+
+def copies_read(key_lists) -> list[str]:
+    """The `BUILDS` keys that some run reads (each item: one run's training dataset keys)."""
+    key_lists = [set(keys) for keys in key_lists]
+    return [k for k in BUILDS if any(k in keys for keys in key_lists)]
 #: Losses that read z-scored slices (``--input-norm zscore``): the standard protocol's rows only.
 ZSCORE_ONLY = ("gin-ipa-released",)
 #: The best row: what the short CI mode checks against ERM.
@@ -226,7 +232,7 @@ def main() -> int:
         run(augment + ["ingest", str(tgt), "--out", str(ds["target"]), "--modality", tgt_mod, "--keep-empty", "1", *common], log)
         # the content check (issue 15): the model is trained on the source only, so the target stays unseen
         qc_build = ["--qc-model", str(args.qc_model.resolve()), "--qc-min-dice", str(args.qc_min_dice)] if args.qc_model else []
-        for key in [k for k in BUILDS if any(k in keys for _, keys, _, _ in picked)]:  # only the copies the rows read
+        for key in copies_read(keys for _, keys, _, _ in picked):  # only the copies the rows read
             run(augment + ["build", "--source", str(ds["src-train"]), *BUILDS[key], "--copies", str(copies),
                            "--out", str(ds[key]), "--seed", "0", "--workers", str(args.workers),
                            "--overwrite", *qc_build], log)  # fmt: skip

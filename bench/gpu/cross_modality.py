@@ -26,6 +26,7 @@ The target modality is only measured; nothing is chosen by it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -38,6 +39,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _cpu_bench():
+    """bench/cross_modality.py (stdlib only at import): the CPU benchmark's case split and builds."""
+    spec = importlib.util.spec_from_file_location("cpu_cross_modality", REPO / "bench" / "cross_modality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The copies each dataset key holds (``augment build`` flags), the CPU benchmark's own table; `run`
+#: builds those that CONFIGS read. SLAug's copies are GIN computed as GIN-IPA's released code (CPU
+#: row 11, the best MRI -> CT seed 0).
+CPU_BENCH = _cpu_bench()
+BUILDS = CPU_BENCH.BUILDS
 DATA = REPO.parent / "shared" / "data"
 ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
 #: direction -> (source folder, source modality, target folder, target modality, validation cases)
@@ -60,13 +76,6 @@ CONFIGS = [
          "standard", (0,)),
     ]
 ]
-#: The copies each dataset key holds (``augment build`` flags); `run` builds those that CONFIGS read.
-#: SLAug's copies are GIN computed as GIN-IPA's released code (CPU row 11, the best MRI -> CT seed 0).
-BUILDS = {
-    "src-gin": ["--engine", "gin"],
-    "src-bezier": ["--engine", "bezier"],
-    "src-gin-released": ["--engine", "gin", "--engine-opt", "computation=released"],
-}
 RECIPE = ["--lr", "1e-3", "--lr-schedule", "cosine", "--scale", "0.25", "--rotate", "20", "--depth", "4",
           "--input-norm", "zscore", "--nce-weight", "0.1", "--batch-size", "16"]  # fmt: skip
 WHEELS = ["monai==1.6.1", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19"]
@@ -98,9 +107,6 @@ def cases(src: Path) -> list[str]:
 
 # --- 1. prepare (here) ---------------------------------------------------------------------------
 def prepare(args) -> int:
-    sys.path.insert(0, str(REPO / "bench"))
-    from cross_modality import split_cases  # the CPU benchmark's split: same cases, same order
-
     carry = args.carry.resolve()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: prepare needs the shared data")
@@ -116,8 +122,8 @@ def prepare(args) -> int:
         if args.dry:
             train = train[:2]
         raw = carry / "raw" / d
-        split_cases(src, raw / "train", train)
-        split_cases(src, raw / "val", val)
+        CPU_BENCH.split_cases(src, raw / "train", train)  # the CPU benchmark's split: same cases, same order
+        CPU_BENCH.split_cases(src, raw / "val", val)
         out = carry / "data" / d
         sh(cli("augment") + ["ingest", str(raw / "train"), "--out", str(out / "src-train"), "--modality", src_mod, "--keep-empty", "0", *common], log)
         sh(cli("augment") + ["ingest", str(raw / "val"), "--out", str(out / "src-val"), "--modality", src_mod, "--keep-empty", "1", *common], log)
@@ -163,7 +169,7 @@ def run(args) -> int:
     workers = 2 if gpu else 0
     copies = 2 if args.dry else COPIES
     # copies on the CPUs (every build that CONFIGS read, both directions at once)
-    built = sorted({k for c in CONFIGS for k in c[3] if k in BUILDS})
+    built = CPU_BENCH.copies_read(c[3] for c in CONFIGS)
     builds = [cli("augment") + ["build", "--source", str(carry / "data" / d / "src-train"), *BUILDS[k],
                                 "--copies", str(copies), "--out", str(work / d / k), "--seed", "0",
                                 "--workers", str(max(1, (os.cpu_count() or 2) // (2 * len(built)))), "--no-preview"]
