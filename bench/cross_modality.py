@@ -96,9 +96,11 @@ BUILDS = {
 
 
 def copies_read(key_lists) -> list[str]:
-    """The `BUILDS` keys that some run reads (each item: one run's training dataset keys)."""
-    key_lists = [set(keys) for keys in key_lists]
-    return [k for k in BUILDS if any(k in keys for keys in key_lists)]
+    """The `BUILDS` keys that some run reads (each item: one run's training dataset keys), in `BUILDS` order."""
+    read = set().union(*key_lists)
+    return [k for k in BUILDS if k in read]
+
+
 #: Losses that read z-scored slices (``--input-norm zscore``): the standard protocol's rows only.
 ZSCORE_ONLY = ("gin-ipa-released",)
 #: The best row: what the short CI mode checks against ERM.

@@ -51,7 +51,7 @@ def _cpu_bench():
 
 #: The copies each dataset key holds (``augment build`` flags), the CPU benchmark's own table; `run`
 #: builds those that CONFIGS read. SLAug's copies are GIN computed as GIN-IPA's released code (CPU
-#: row 11, the best MRI -> CT seed 0).
+#: row 11, level with row 9 at the lead MRI -> CT).
 CPU_BENCH = _cpu_bench()
 BUILDS = CPU_BENCH.BUILDS
 DATA = REPO.parent / "shared" / "data"
@@ -172,12 +172,12 @@ def run(args) -> int:
     built = CPU_BENCH.copies_read(c[3] for c in CONFIGS)
     builds = [cli("augment") + ["build", "--source", str(carry / "data" / d / "src-train"), *BUILDS[k],
                                 "--copies", str(copies), "--out", str(work / d / k), "--seed", "0",
-                                "--workers", str(max(1, (os.cpu_count() or 2) // (2 * len(built)))), "--no-preview"]
+                                "--workers", str(max(1, (os.cpu_count() or 2) // (len(DIRECTIONS) * len(built)))), "--no-preview"]
               for d in DIRECTIONS for k in built]  # fmt: skip
     with ThreadPoolExecutor(len(builds)) as pool:
         list(pool.map(lambda c: sh(c, log, env), builds))
     print(f"copies built in {time.monotonic() - t0:.0f} s", flush=True)
-    data = lambda d, k: work / d / k if k in BUILDS else carry / "data" / d / k  # noqa: E731
+    data = lambda d, k: work / d / k if k in built else carry / "data" / d / k  # noqa: E731
     runs = []
     for d, name, loss, keys, aug, seeds in CONFIGS:
         if args.dry and ("peer" in name or (d == "mr2ct" and loss == "erm")):
