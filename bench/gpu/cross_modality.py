@@ -170,9 +170,10 @@ def run(args) -> int:
     copies = 2 if args.dry else COPIES
     # copies on the CPUs (every build that CONFIGS read, both directions at once)
     built = CPU_BENCH.copies_read(c[3] for c in CONFIGS)
+    build_workers = max(1, (os.cpu_count() or 2) // (len(DIRECTIONS) * len(built)))  # the builds share the cores
     builds = [cli("augment") + ["build", "--source", str(carry / "data" / d / "src-train"), *BUILDS[k],
                                 "--copies", str(copies), "--out", str(work / d / k), "--seed", "0",
-                                "--workers", str(max(1, (os.cpu_count() or 2) // (len(DIRECTIONS) * len(built)))), "--no-preview"]
+                                "--workers", str(build_workers), "--no-preview"]
               for d in DIRECTIONS for k in built]  # fmt: skip
     with ThreadPoolExecutor(len(builds)) as pool:
         list(pool.map(lambda c: sh(c, log, env), builds))
