@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 RES = 256
 PEAK_RSS_LIMIT_GIB = 12
+DISK_NEED_GIB = 13
 
 
 def files(path: Path) -> list[Path]:
@@ -98,10 +99,14 @@ def release_memory() -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    # The chain writes about 13 GB (base 4.0, DreamBooth U-Net 3.3, ControlNet with its AdamW checkpoint
+    # The chain writes about 13 GiB (base 4.0, DreamBooth U-Net 3.3, ControlNet with its AdamW checkpoint
     # 5.4). pytest keeps the temporary folders of earlier sessions (those of killed sessions for days),
     # and a few copies of this one filled a CI disk: it goes as soon as the module is done.
     root = tmp_path_factory.mktemp("sd15")
+    free_gib = shutil.disk_usage(root).free / 2**30
+    if free_gib < DISK_NEED_GIB:  # one line, not a cascade of write errors halfway through
+        pytest.fail(f"{root}: {free_gib:.1f} GiB free, the sd15-random chain writes about {DISK_NEED_GIB} GiB there; "
+                    "free space (old pytest-of-* folders in the temporary folder, for one) and rerun", pytrace=False)
     try:
         yield run_chain(root)
     finally:
